@@ -1,0 +1,156 @@
+"""The one settings object.
+
+Every knob lives in ``Settings``, read from ``VIRALTRACE_*`` environment
+variables (and an optional ``.env`` file), built once by the entry point and
+passed down. Nested groups use one underscore after the group name, so
+``VIRALTRACE_KAFKA_BOOTSTRAP`` sets ``settings.kafka.bootstrap`` and
+``VIRALTRACE_TRACKING_TOKEN_KEYS`` sets ``settings.tracking.token_keys``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# Secrets that ship as defaults so that `viraltrace up` works out of the box.
+# Outside development they are refused (see Settings._refuse_placeholders).
+DEV_TOKEN_KEY = "dev-insecure-token-key-change-me"
+DEV_SALT_SECRET = "dev-insecure-salt-secret-change-me"
+MIN_SECRET_BYTES = 32
+
+
+class KafkaSettings(BaseModel):
+    """Kafka producer and topic settings. ``bootstrap=None`` selects the in-process bus."""
+
+    bootstrap: str | None = None
+    topic: str = "share-events"
+    dlq_topic: str = "share-events-dlq"
+    partitions: int = Field(12, ge=1, le=10_000)
+    replication_factor: int = Field(1, ge=1, le=16)
+    # Off for brokers without InitProducerId support (e.g. Tansu 0.6).
+    idempotence: bool = True
+    compression: Literal["zstd", "lz4", "gzip", "snappy", "none"] = "zstd"
+    linger_ms: int = Field(5, ge=0, le=1_000)
+    # How long a publish waits for acks before the records go to the spool.
+    send_timeout_s: float = Field(5.0, gt=0, le=120)
+    client_id: str = "viraltrace-api"
+    create_topics: bool = True
+    max_request_size: int = Field(1_048_576, ge=1024)
+
+
+class SpoolSettings(BaseModel):
+    """Bounded on-disk spool used while the broker is unreachable."""
+
+    # None means `<data_dir>/spool`.
+    dir: Path | None = None
+    max_bytes: int = Field(512 * 1024 * 1024, ge=1024)
+    segment_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    # How often the replayer probes a broker that was down.
+    retry_interval_s: float = Field(1.0, gt=0, le=60)
+
+
+class TrackingSettings(BaseModel):
+    """Edge behaviour: tokens, limits, privacy, CORS."""
+
+    public_base_url: str = "http://127.0.0.1:8000"
+    # Key id -> secret. The current key signs; every listed key verifies.
+    token_keys: dict[int, SecretStr] = Field(
+        default_factory=lambda: {1: SecretStr(DEV_TOKEN_KEY)}
+    )
+    token_key_id: int = Field(1, ge=0, le=255)
+    # Secret from which the daily visitor-hash salts are derived.
+    salt_secret: SecretStr = SecretStr(DEV_SALT_SECRET)
+    # How many recent visitor ids each process remembers so that a visitor
+    # keeps yesterday's id across midnight.
+    visitor_continuity_size: int = Field(100_000, ge=0)
+    max_events_per_request: int = Field(500, ge=1, le=100_000)
+    max_body_bytes: int = Field(1_048_576, ge=1024)
+    max_query_bytes: int = Field(8192, ge=256)
+    max_text_chars: int = Field(4000, ge=1)
+    # Token buckets: sustained rate per second and burst size.
+    rate_ip_per_s: float = Field(50.0, gt=0)
+    rate_ip_burst: float = Field(200.0, ge=1)
+    rate_campaign_per_s: float = Field(5_000.0, gt=0)
+    rate_campaign_burst: float = Field(20_000.0, ge=1)
+    rate_table_size: int = Field(100_000, ge=100)
+    # Comma-separated in the environment, or a JSON list.
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    cors_max_age_s: int = Field(600, ge=0)
+    # Header set by a trusted proxy with the ISO country code (e.g. cf-ipcountry).
+    country_header: str | None = None
+    # Header set by a trusted proxy with the client address (e.g. x-forwarded-for).
+    # Unset means the socket peer address is the client.
+    client_ip_header: str | None = None
+    # Tracked links until the control plane owns them: a JSON file of
+    # {"slug": {"campaign": ..., "destination": ...}}.
+    links_file: Path | None = None
+    # Events whose client time is further from server time are rejected.
+    max_event_age_s: int = Field(30 * 86_400, ge=60)
+    max_event_skew_s: int = Field(3_600, ge=0)
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            if value.lstrip().startswith("["):
+                return json.loads(value)
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+
+class ServerSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65_535)
+    workers: int = Field(1, ge=1, le=256)
+    server: Literal["granian", "uvicorn"] = "granian"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class Settings(BaseSettings):
+    """All of viraltrace's configuration. Build once, pass down."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="VIRALTRACE_",
+        env_nested_delimiter="_",
+        env_nested_max_split=1,
+        env_file=".env",
+        extra="ignore",
+    )
+
+    environment: Literal["development", "test", "production"] = "development"
+    data_dir: Path = Path(".viraltrace")
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    spool: SpoolSettings = Field(default_factory=SpoolSettings)
+    tracking: TrackingSettings = Field(default_factory=TrackingSettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)
+
+    @model_validator(mode="after")
+    def _check_keys(self) -> Settings:
+        if self.tracking.token_key_id not in self.tracking.token_keys:
+            raise ValueError(
+                f"tracking.token_key_id {self.tracking.token_key_id} is not in tracking.token_keys"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _refuse_placeholders(self) -> Settings:
+        if self.environment == "development":
+            return self
+        secrets = {f"tracking.token_keys[{k}]": v for k, v in self.tracking.token_keys.items()}
+        secrets["tracking.salt_secret"] = self.tracking.salt_secret
+        for name, secret in secrets.items():
+            raw = secret.get_secret_value()
+            if raw in (DEV_TOKEN_KEY, DEV_SALT_SECRET) or len(raw.encode()) < MIN_SECRET_BYTES:
+                raise ValueError(
+                    f"{name} is a placeholder or shorter than {MIN_SECRET_BYTES} bytes; "
+                    f"set a real secret outside development"
+                )
+        return self
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.spool.dir or self.data_dir / "spool"
