@@ -1,0 +1,252 @@
+"""Publishing to Kafka with aiokafka, falling back to the on-disk spool.
+
+Contract (see ``Bus``): ``publish`` returns once every record is acked by
+the broker (acks=all) or fsynced to the spool, and raises ``SpoolFull``
+when neither can take them. While the spool holds records every new record
+goes behind them, so replay keeps arrival order. A replayer task drains the
+spool whenever the broker answers, and also at start-up. A record whose
+send timed out may still reach the broker later and then also be replayed:
+that duplicate is why every event carries an ``event_id``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from app.bus.base import Record, SpoolFull
+from app.bus.spool import Spool
+from app.metrics import ApiMetrics
+from app.settings import KafkaSettings, SpoolSettings
+
+log = logging.getLogger(__name__)
+
+REPLAY_BATCH = 2_000
+NOWAIT_FLUSH_RECORDS = 1_000
+
+
+class KafkaBus:
+    """The production bus. Owns one aiokafka producer and one spool."""
+
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        spool_settings: SpoolSettings,
+        spool: Spool,
+        metrics: ApiMetrics,
+    ) -> None:
+        self._settings = kafka
+        self._retry_s = spool_settings.retry_interval_s
+        self._spool = spool
+        self._metrics = metrics
+        self._producer: AIOKafkaProducer | None = None
+        self._up = False
+        self._buffer: list[Record] = []
+        self._wake = asyncio.Event()
+        self._spool_lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+        metrics.spool_depth.set_function(lambda: self._spool.depth_records)
+        metrics.spool_bytes.set_function(lambda: self._spool.depth_bytes)
+        metrics.broker_up.set_function(lambda: 1.0 if self._up else 0.0)
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Starts the background tasks; never fails because the broker is down."""
+        await self._connect()
+        self._tasks = [
+            asyncio.create_task(self._flush_loop(), name="bus-flush"),
+            asyncio.create_task(self._replay_loop(), name="bus-replay"),
+        ]
+
+    async def stop(self) -> None:
+        """Flushes buffered records (to the broker or the spool), then closes."""
+        self._stopping = True
+        self._wake.set()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._flush_buffer()
+        if self._producer is not None:
+            with contextlib.suppress(KafkaError, OSError, asyncio.TimeoutError):
+                await asyncio.wait_for(self._producer.stop(), self._settings.send_timeout_s)
+        await asyncio.to_thread(self._spool.close)
+
+    def ready(self) -> bool:
+        return self._up or self._spool.depth_bytes < self._spool.max_bytes
+
+    @property
+    def spool_depth(self) -> int:
+        return self._spool.depth_records
+
+    @property
+    def broker_up(self) -> bool:
+        return self._up
+
+    # -- publishing ------------------------------------------------------------
+
+    def publish_nowait(self, record: Record) -> None:
+        self._buffer.append(record)
+        if len(self._buffer) >= NOWAIT_FLUSH_RECORDS:
+            self._wake.set()
+
+    async def publish(self, records: Sequence[Record]) -> None:
+        if not records:
+            return
+        if not self._up or self._spool.depth_records:
+            await self._to_spool(records)
+            return
+        failed = await self._send(records)
+        if failed:
+            self._mark_down("send failed or timed out")
+            await self._to_spool(failed)
+
+    async def _to_spool(self, records: Sequence[Record]) -> None:
+        async with self._spool_lock:
+            await asyncio.to_thread(self._spool.append, records)
+        self._metrics.spooled.inc(len(records))
+
+    async def _send(self, records: Sequence[Record]) -> list[Record]:
+        """Sends and waits for acks; returns the records not acknowledged in time."""
+        producer = self._producer
+        if producer is None:
+            return list(records)
+        started = time.perf_counter()
+        futures: list[asyncio.Future[object]] = []
+        try:
+            async with asyncio.timeout(self._settings.send_timeout_s):
+                for record in records:
+                    futures.append(
+                        await producer.send(record.topic, value=record.value, key=record.key)
+                    )
+                await asyncio.wait(futures)
+        except (KafkaError, OSError, TimeoutError) as exc:
+            log.warning("kafka send interrupted: %s", exc)
+        failed = [
+            record
+            for i, record in enumerate(records)
+            if i >= len(futures) or not futures[i].done() or futures[i].exception() is not None
+        ]
+        for future in futures:
+            if not future.done():
+                # Late acks are harmless duplicates of what we spool; silence them.
+                future.add_done_callback(_consume_result)
+        if not failed:
+            self._metrics.send_seconds.observe(time.perf_counter() - started)
+        return failed
+
+    async def _flush_buffer(self) -> None:
+        batch, self._buffer = self._buffer, []
+        if not batch:
+            return
+        try:
+            await self.publish(batch)
+        except SpoolFull:
+            log.error("spool full: dropped %s fire-and-forget records", len(batch))
+            for record in batch:
+                self._metrics.publish_dropped.labels(record.topic).inc()
+
+    async def _flush_loop(self) -> None:
+        linger = max(self._settings.linger_ms, 1) / 1000
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(linger):
+                    await self._wake.wait()
+            self._wake.clear()
+            await self._flush_buffer()
+
+    # -- broker connection and replay -----------------------------------------
+
+    def _mark_down(self, why: str) -> None:
+        if self._up:
+            log.warning("broker unreachable (%s): spooling to disk", why)
+        self._up = False
+
+    async def _connect(self) -> bool:
+        """Starts the producer and creates topics; False when the broker is unreachable."""
+        if self._producer is None:
+            producer = AIOKafkaProducer(
+                bootstrap_servers=self._settings.bootstrap,
+                client_id=self._settings.client_id,
+                acks="all",
+                enable_idempotence=self._settings.idempotence,
+                compression_type=None
+                if self._settings.compression == "none"
+                else self._settings.compression,
+                linger_ms=self._settings.linger_ms,
+                max_request_size=self._settings.max_request_size,
+                request_timeout_ms=int(self._settings.send_timeout_s * 1000),
+            )
+            try:
+                async with asyncio.timeout(self._settings.send_timeout_s):
+                    await producer.start()
+            except (KafkaError, OSError, TimeoutError) as exc:
+                log.warning("kafka producer cannot start yet: %s", exc)
+                with contextlib.suppress(Exception):
+                    await producer.stop()
+                return False
+            self._producer = producer
+        if self._settings.create_topics:
+            try:
+                await self._ensure_topics()
+            except (KafkaError, OSError, TimeoutError) as exc:
+                log.warning("cannot ensure topics yet: %s", exc)
+                return False
+        if not self._spool.depth_records:
+            self._up = True
+        return True
+
+    async def _ensure_topics(self) -> None:
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=self._settings.bootstrap, client_id=self._settings.client_id
+        )
+        async with asyncio.timeout(self._settings.send_timeout_s):
+            await admin.start()
+            try:
+                existing = set(await admin.list_topics())
+                wanted = [
+                    NewTopic(name, self._settings.partitions, self._settings.replication_factor)
+                    for name in (self._settings.topic, self._settings.dlq_topic)
+                    if name not in existing
+                ]
+                if wanted:
+                    with contextlib.suppress(TopicAlreadyExistsError):
+                        await admin.create_topics(wanted)
+            finally:
+                await admin.close()
+
+    async def _replay_loop(self) -> None:
+        while not self._stopping:
+            if self._producer is None and not await self._connect():
+                await asyncio.sleep(self._retry_s)
+                continue
+            if not self._spool.depth_records:
+                self._up = True
+                await asyncio.sleep(self._retry_s / 10)
+                continue
+            async with self._spool_lock:
+                batch = await asyncio.to_thread(self._spool.peek, REPLAY_BATCH)
+            failed = await self._send(batch)
+            if failed:
+                self._mark_down("replay send failed")
+                await asyncio.sleep(self._retry_s)
+                continue
+            async with self._spool_lock:
+                await asyncio.to_thread(self._spool.ack, len(batch))
+            self._metrics.replayed.inc(len(batch))
+            log.info("replayed %s records from the spool", len(batch))
+
+
+def _consume_result(future: asyncio.Future[object]) -> None:
+    if not future.cancelled():
+        future.exception()

@@ -1,0 +1,111 @@
+"""Tracked links (``/r/{slug}``), read from a JSON settings file until the
+control plane owns them.
+
+File format: ``{"spring-launch": {"campaign": "spring", "destination":
+"https://shop.example/launch", "allowed_hosts": ["shop.example"]}}``.
+``allowed_hosts`` defaults to the destination's own host. A link is a seed
+share: its root token is derived from (campaign, slug), so every replica
+and every restart agrees on it without storing it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import orjson
+
+from app.events import CAMPAIGN_PATTERN
+from app.tokens import ShareToken, TokenSigner
+
+SLUG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+_CAMPAIGN_RE = re.compile(CAMPAIGN_PATTERN)
+
+
+class LinkConfigError(ValueError):
+    """The links file names a link that must not be served."""
+
+
+@dataclass(frozen=True, slots=True)
+class TrackedLink:
+    slug: str
+    campaign: str
+    destination: str
+    allowed_hosts: frozenset[str]
+    root: ShareToken
+
+
+def check_destination(url: str, allowed_hosts: frozenset[str]) -> str:
+    """Returns ``url`` if it is a safe redirect target, else raises ``LinkConfigError``.
+
+    Safe: absolute http(s), no credentials, a host in ``allowed_hosts``
+    (case-insensitive), and no IP-literal host unless that literal is listed.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise LinkConfigError(f"destination must be http(s): {url!r}")
+    if parts.username is not None or parts.password is not None:
+        raise LinkConfigError("destination must not carry credentials")
+    host = (parts.hostname or "").lower()
+    if not host:
+        raise LinkConfigError("destination has no host")
+    try:
+        ipaddress.ip_address(host)
+        is_ip = True
+    except ValueError:
+        is_ip = False
+    if host not in allowed_hosts:
+        kind = "IP literal" if is_ip else "host"
+        raise LinkConfigError(f"destination {kind} {host!r} is not in the link's allowed hosts")
+    return url
+
+
+def with_query_param(url: str, name: str, value: str) -> str:
+    """``url`` with ``name=value`` set in its query, keeping other parameters and the fragment."""
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != name]
+    query.append((name, value))
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+class LinkRegistry:
+    """Slug -> link lookups. Immutable after load; safe to share."""
+
+    def __init__(self, links: dict[str, TrackedLink]) -> None:
+        self._links = links
+        self._by_campaign: dict[str, TrackedLink] = {}
+        for link in sorted(links.values(), key=lambda item: item.slug):
+            self._by_campaign.setdefault(link.campaign, link)
+
+    @classmethod
+    def load(cls, path: Path | None, signer: TokenSigner) -> LinkRegistry:
+        if path is None:
+            return cls({})
+        raw = orjson.loads(path.read_bytes())
+        if not isinstance(raw, dict):
+            raise LinkConfigError(f"{path}: expected an object of slug -> link")
+        links: dict[str, TrackedLink] = {}
+        for slug, spec in raw.items():
+            if not SLUG_RE.match(slug):
+                raise LinkConfigError(f"{path}: bad slug {slug!r}")
+            campaign = spec.get("campaign", "")
+            if not _CAMPAIGN_RE.match(campaign):
+                raise LinkConfigError(f"{path}: link {slug!r} has a bad campaign {campaign!r}")
+            destination = spec.get("destination", "")
+            default_host = (urlsplit(destination).hostname or "").lower()
+            hosts = frozenset(h.lower() for h in spec.get("allowed_hosts", [default_host]))
+            check_destination(destination, hosts)
+            links[slug] = TrackedLink(
+                slug, campaign, destination, hosts, signer.link_root(campaign, slug)
+            )
+        return cls(links)
+
+    def get(self, slug: str) -> TrackedLink | None:
+        return self._links.get(slug)
+
+    def for_campaign(self, campaign: str) -> TrackedLink | None:
+        """The campaign's first link by slug, used to build share URLs."""
+        return self._by_campaign.get(campaign)

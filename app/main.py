@@ -1,0 +1,122 @@
+"""The application factory.
+
+``create_app(settings)`` builds the ASGI app; its lifespan starts and stops
+the bus (the Kafka producer and spool, or the in-process bus). Nothing
+connects at import time. ``app_from_env`` is the factory the servers import
+by name: it is the one place that builds ``Settings`` for a server process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from app.bus.base import Bus
+from app.bus.spool import Spool, SpoolLocked
+from app.enrich import Enricher
+from app.errors import install_error_handlers
+from app.links import LinkRegistry
+from app.metrics import ApiMetrics
+from app.pixel import PixelFastPath
+from app.ratelimit import TokenBuckets
+from app.routes import tracking
+from app.settings import Settings
+from app.state import AppState
+from app.tokens import TokenSigner
+
+
+def build_bus(settings: Settings, metrics: ApiMetrics) -> Bus:
+    """Kafka with the spool when ``kafka.bootstrap`` is set, else the in-process bus."""
+    if settings.kafka.bootstrap:
+        from app.bus.kafka import KafkaBus
+
+        return KafkaBus(settings.kafka, settings.spool, open_worker_spool(settings), metrics)
+    from app.bus.memory import MemoryBus
+
+    return MemoryBus(settings.kafka.partitions)
+
+
+MAX_SPOOL_SLOTS = 256
+
+
+def open_worker_spool(settings: Settings) -> Spool:
+    """Opens the first free spool slot ``<spool dir>/worker-N``.
+
+    Each server worker process needs its own spool (a spool is locked by one
+    process). Slots are taken lowest first, so after a restart with the same
+    worker count every slot is reopened and replayed. A slot left behind
+    when the worker count shrinks is replayed only when a worker takes it
+    again (see the README's limits).
+    """
+    for slot in range(MAX_SPOOL_SLOTS):
+        try:
+            return Spool(
+                settings.spool_dir / f"worker-{slot}",
+                settings.spool.max_bytes,
+                settings.spool.segment_bytes,
+            )
+        except SpoolLocked:
+            continue
+    raise RuntimeError(f"all {MAX_SPOOL_SLOTS} spool slots under {settings.spool_dir} are in use")
+
+
+def create_app(settings: Settings, bus: Bus | None = None) -> FastAPI:
+    """Builds the API. ``bus`` overrides the one the settings select (tests, embedded mode);
+    the app starts and stops whichever bus it ends up with."""
+    tracking_settings = settings.tracking
+    signer = TokenSigner.from_settings(tracking_settings)
+    metrics = ApiMetrics()
+    state = AppState(
+        settings=settings,
+        signer=signer,
+        enricher=Enricher(tracking_settings),
+        links=LinkRegistry.load(tracking_settings.links_file, signer),
+        metrics=metrics,
+        ip_buckets=TokenBuckets(
+            tracking_settings.rate_ip_per_s,
+            tracking_settings.rate_ip_burst,
+            tracking_settings.rate_table_size,
+        ),
+        campaign_buckets=TokenBuckets(
+            tracking_settings.rate_campaign_per_s,
+            tracking_settings.rate_campaign_burst,
+            tracking_settings.rate_table_size,
+        ),
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state.bus = bus if bus is not None else build_bus(settings, metrics)
+        await state.bus.start()
+        try:
+            yield
+        finally:
+            await state.bus.stop()
+
+    app = FastAPI(
+        title="viraltrace",
+        version="0.1.0",
+        summary="Live share-cascade tracking",
+        lifespan=lifespan,
+    )
+    app.state.vt = state
+    install_error_handlers(app)
+    app.include_router(tracking.router)
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=tracking_settings.cors_origins,
+        allow_methods=["GET", "POST", "OPTIONS"],
+        allow_headers=["content-type", "authorization"],
+        max_age=tracking_settings.cors_max_age_s,
+    )
+    # Added last, so it is the outermost middleware: the pixel skips routing and CORS.
+    app.add_middleware(PixelFastPath)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """Server entry point: settings from the environment, built once per process."""
+    return create_app(Settings())

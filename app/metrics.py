@@ -1,0 +1,60 @@
+"""The metric catalogue: every Prometheus metric the API exports, with its unit.
+
+Each ``create_app`` gets its own ``CollectorRegistry`` so that several apps
+(tests, the embedded mode) never collide on global state. With several
+server worker processes each worker exports its own numbers; scrape each
+worker or run one worker per container (the deploy files do the latter).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class ApiMetrics:
+    """Holds the collectors; pass it to whatever records into them."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.ingest_events = Counter(
+            "viraltrace_ingest_events_total",
+            "Events received at the edge, by event type and outcome "
+            "(accepted, rejected, rate_limited, dropped).",
+            ["type", "outcome"], registry=r,
+        )
+        self.dlq_events = Counter(
+            "viraltrace_dlq_events_total",
+            "Events routed to the dead-letter topic, by reason.", ["reason"], registry=r,
+        )
+        self.publish_dropped = Counter(
+            "viraltrace_publish_dropped_records_total",
+            "Fire-and-forget records that could not be stored (spool full), by topic.",
+            ["topic"], registry=r,
+        )
+        self.spool_depth = Gauge(
+            "viraltrace_spool_depth_records",
+            "Records waiting in the on-disk spool for the broker.", registry=r,
+        )
+        self.spool_bytes = Gauge(
+            "viraltrace_spool_depth_bytes",
+            "Bytes of records waiting in the on-disk spool.", registry=r,
+        )
+        self.spooled = Counter(
+            "viraltrace_spooled_records_total",
+            "Records written to the spool because the broker was unreachable.", registry=r,
+        )
+        self.replayed = Counter(
+            "viraltrace_spool_replayed_records_total",
+            "Records replayed from the spool to the broker.", registry=r,
+        )
+        self.broker_up = Gauge(
+            "viraltrace_broker_up",
+            "1 while the producer reaches the broker, else 0.", registry=r,
+        )
+        self.send_seconds = Histogram(
+            "viraltrace_producer_send_seconds",
+            "Time from handing a batch to the producer to its acks (acks=all), in seconds.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )

@@ -1,0 +1,412 @@
+"""Tracking endpoints: the tracked link, share minting, the batch event API,
+the documented pixel route, health and metrics."""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from dataclasses import replace
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import RedirectResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from app.bus.base import BusUnavailable, Record
+from app.enrich import ClientInfo
+from app.errors import ApiError, JsonResponse
+from app.events import (
+    CHANNEL_PATTERN,
+    Campaign,
+    Channel,
+    EventIn,
+    InvalidEvent,
+    build_event,
+    check_time,
+    clean_url,
+    parse_event,
+    partition_key,
+    resolve_token,
+)
+from app.links import with_query_param
+from app.pixel import PIXEL_GIF, PIXEL_HEADER_MAP, track_pixel
+from app.state import AppState, StateDep, now_ms
+from app.tokens import TokenError
+
+log = logging.getLogger(__name__)
+router = APIRouter()
+CHANNEL_RE = re.compile(CHANNEL_PATTERN)
+
+JSON_TYPES = ("application/json", "text/plain")
+
+
+# -- models --------------------------------------------------------------------
+
+
+class ShareIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    campaign: Campaign
+    parent: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+    channel: Channel | None = None
+    visitor: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = Field(
+        None, description="your own id for the sharer; stored only as a keyed hash"
+    )
+
+
+class ShareOut(BaseModel):
+    token: str
+    root: str
+    depth: int
+    share_url: str | None
+
+
+class Rejection(BaseModel):
+    index: int
+    reason: str
+    field: str | None
+    message: str
+
+
+class EventsAccepted(BaseModel):
+    accepted: int
+    rejected: list[Rejection]
+
+
+# -- helpers -------------------------------------------------------------------
+
+
+def _retry_after(seconds: float) -> dict[str, str]:
+    return {"Retry-After": str(max(1, math.ceil(seconds)))}
+
+
+def _limit_client(state: AppState, request: Request, cost: float = 1.0) -> None:
+    wait = state.ip_buckets.take(state.enricher.client_ip(request.scope), cost)
+    if wait:
+        raise ApiError(
+            429, "rate_limited", "too many requests from this client", None, _retry_after(wait)
+        )
+
+
+def _limit_campaign(state: AppState, campaign: str, cost: float) -> None:
+    wait = state.campaign_buckets.take(campaign, cost)
+    if wait:
+        raise ApiError(
+            429,
+            "rate_limited",
+            f"campaign {campaign!r} is over its event rate",
+            "campaign",
+            _retry_after(wait),
+        )
+
+
+async def _publish(state: AppState, records: list[Record]) -> None:
+    try:
+        await state.require_bus().publish(records)
+    except BusUnavailable as exc:
+        raise ApiError(503, "unavailable", str(exc), None, _retry_after(exc.retry_after_s)) from exc
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, "too_large", f"body is larger than {limit} bytes", "body")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, "too_large", f"body is larger than {limit} bytes", "body")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+# -- routes --------------------------------------------------------------------
+
+
+@router.api_route(
+    "/p.gif",
+    methods=["GET", "HEAD"],
+    response_class=Response,
+    responses={200: {"content": {"image/gif": {}}, "description": "always the 43-byte GIF"}},
+    summary="Tracking pixel",
+)
+async def pixel(
+    request: Request,
+    state: StateDep,
+    c: Annotated[str | None, Query(description="campaign slug (required)")] = None,
+    e: Annotated[str | None, Query(description="event type, default view")] = None,
+    t: Annotated[str | None, Query(description="share token the visitor arrived through")] = None,
+    ch: Annotated[str | None, Query(description="channel")] = None,
+    eid: Annotated[str | None, Query(description="client event id (UUID)")] = None,
+    ts: Annotated[str | None, Query(description="client time, ms since the epoch")] = None,
+    u: Annotated[str | None, Query(description="page URL")] = None,
+) -> Response:
+    """Always answers the GIF; bad events go to the DLQ. Normally served by the
+    ASGI fast path before routing; this route documents it and serves it when
+    the app is mounted without that middleware."""
+    try:
+        track_pixel(state, request.scope)
+    except Exception:  # the browser must never see an error from the pixel
+        log.exception("pixel tracking failed")
+    body = b"" if request.method == "HEAD" else PIXEL_GIF
+    return Response(body, headers=PIXEL_HEADER_MAP)
+
+
+@router.api_route(
+    "/r/{slug}",
+    methods=["GET", "HEAD"],
+    status_code=302,
+    response_class=RedirectResponse,
+    responses={302: {"description": "to the link's registered destination"}, 404: {}},
+    summary="Tracked link",
+)
+async def tracked_link(
+    slug: str,
+    request: Request,
+    state: StateDep,
+    t: Annotated[str | None, Query(description="share token the link was shared with")] = None,
+    ch: Annotated[str | None, Query(description="channel")] = None,
+) -> Response:
+    """302 to the registered destination (never to a URL from the request), with
+    ``vt=<token>`` added so the landing page knows the parent share. Records a
+    click without waiting for the broker; sets no cookie."""
+    received = now_ms()
+    link = state.links.get(slug)
+    if link is None:
+        raise ApiError(404, "unknown_link", f"no tracked link {slug!r}", "slug")
+    token = link.root
+    if t is not None:
+        try:
+            token = state.signer.verify(t, link.campaign)
+        except TokenError as exc:
+            state.dead_letter(
+                InvalidEvent("bad_token", "t", f"{exc.reason}: {exc}"),
+                "link",
+                {"slug": slug, "t": t[:64]},
+                received,
+                link.campaign,
+            )
+    client = state.enricher.from_scope(request.scope, link.campaign)
+    event_type = "preview" if request.method == "HEAD" or client.preview else "click"
+    channel = ch.lower() if ch and CHANNEL_RE.fullmatch(ch.lower()) else None
+    event = EventIn(type="click", campaign=link.campaign, channel=channel)
+    limited = bool(state.ip_buckets.take(state.enricher.client_ip(request.scope)))
+    if limited:
+        state.dead_letter(
+            InvalidEvent("rate_limited", None, "too many clicks from this client"),
+            "link",
+            {"slug": slug},
+            received,
+            link.campaign,
+        )
+    else:
+        wire = build_event(
+            event,
+            event_type=event_type,
+            token=token,
+            client=client,
+            source="link",
+            ts=received,
+            received_ms=received,
+            url=None,
+        )
+        state.require_bus().publish_nowait(
+            Record(state.topic, partition_key(wire), orjson.dumps(wire))
+        )
+        state.metrics.ingest_events.labels(event_type, "accepted").inc()
+    return RedirectResponse(
+        with_query_param(link.destination, "vt", token.raw),
+        status_code=302,
+        headers={"Cache-Control": "no-store", "Referrer-Policy": "strict-origin-when-cross-origin"},
+    )
+
+
+@router.post(
+    "/v1/shares",
+    status_code=201,
+    response_model=ShareOut,
+    responses={400: {}, 422: {}, 429: {}, 503: {}},
+    summary="Mint a share token",
+)
+async def create_share(body: ShareIn, request: Request, state: StateDep) -> ShareOut:
+    """Mints a child of ``parent`` (or a new root), publishes the ``share`` event and
+    answers once the broker acknowledged it (or it is safely spooled)."""
+    received = now_ms()
+    _limit_client(state, request)
+    _limit_campaign(state, body.campaign, 1)
+    parent = None
+    if body.parent is not None:
+        try:
+            parent = state.signer.verify(body.parent, body.campaign)
+        except TokenError as exc:
+            raise ApiError(400, exc.reason, str(exc), "parent") from None
+    try:
+        token = state.signer.mint_child(parent) if parent else state.signer.mint_root(body.campaign)
+    except TokenError as exc:
+        raise ApiError(400, exc.reason, str(exc), "parent") from None
+    client = state.enricher.from_scope(request.scope, body.campaign)
+    if body.visitor is not None and client.privacy is None:
+        client = replace(
+            client, visitor=state.enricher.external_visitor_id(body.campaign, body.visitor)
+        )
+    event = EventIn(type="share", campaign=body.campaign, channel=body.channel)
+    wire = build_event(
+        event,
+        event_type="share",
+        token=token,
+        client=client,
+        source="shares",
+        ts=received,
+        received_ms=received,
+        url=None,
+        parent=parent,
+    )
+    await _publish(state, [Record(state.topic, partition_key(wire), orjson.dumps(wire))])
+    state.metrics.ingest_events.labels("share", "accepted").inc()
+    link = state.links.for_campaign(body.campaign)
+    share_url = None
+    if link is not None:
+        base = state.settings.tracking.public_base_url.rstrip("/")
+        share_url = f"{base}/r/{link.slug}?t={token.raw}"
+    return ShareOut(token=token.raw, root=token.root_hex, depth=token.depth, share_url=share_url)
+
+
+EVENTS_BODY_SCHEMA: dict[str, Any] = {
+    "oneOf": [
+        {"type": "array", "items": EventIn.model_json_schema()},
+        {
+            "type": "object",
+            "properties": {"events": {"type": "array", "items": EventIn.model_json_schema()}},
+            "required": ["events"],
+        },
+    ]
+}
+
+
+@router.post(
+    "/v1/events",
+    status_code=202,
+    response_model=EventsAccepted,
+    responses={400: {}, 413: {}, 415: {}, 429: {}, 503: {}},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": EVENTS_BODY_SCHEMA},
+                "text/plain": {"schema": EVENTS_BODY_SCHEMA},
+            },
+        }
+    },
+    summary="Send a batch of events",
+)
+async def post_events(request: Request, state: StateDep) -> JsonResponse:
+    """Each event is validated on its own; the valid ones are published and the
+    answer (202) is sent only after the broker acknowledged them (acks=all) or
+    they were fsynced to the spool. 503 when neither can take them."""
+    received = now_ms()
+    tracking = state.settings.tracking
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type not in JSON_TYPES:
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            "send application/json or text/plain (sendBeacon)",
+            "content-type",
+        )
+    _limit_client(state, request)
+    body = await _read_body(request, tracking.max_body_bytes)
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, "malformed_json", f"body is not valid JSON: {exc}", "body") from None
+    items = data.get("events") if isinstance(data, dict) else data
+    if not isinstance(items, list):
+        raise ApiError(
+            400,
+            "bad_shape",
+            'send a JSON array of events or {"events": [...]}',
+            "events" if isinstance(data, dict) else "body",
+        )
+    if len(items) > tracking.max_events_per_request:
+        raise ApiError(
+            413,
+            "too_many_events",
+            f"at most {tracking.max_events_per_request} events per request",
+            "events",
+        )
+
+    records: list[Record] = []
+    rejected: list[dict[str, Any]] = []
+    per_campaign: dict[str, int] = {}
+    per_type: dict[str, int] = {}
+    clients: dict[str, ClientInfo] = {}
+    for index, item in enumerate(items):
+        try:
+            event = parse_event(item)
+            ts = check_time(event.ts, received, tracking.max_event_age_s, tracking.max_event_skew_s)
+            url = clean_url(event.url)
+            token = resolve_token(state.signer, event.token, event.campaign)
+        except InvalidEvent as error:
+            rejected.append({"index": index, **error.as_dict()})
+            state.dead_letter(error, "api", item, received)
+            state.metrics.ingest_events.labels("unknown", "rejected").inc()
+            continue
+        client = clients.get(event.campaign)
+        if client is None:
+            client = clients[event.campaign] = state.enricher.from_scope(
+                request.scope, event.campaign
+            )
+        parent = None
+        if event.type == "share":
+            parent = token
+            token = (
+                state.signer.mint_child(token) if token else state.signer.mint_root(event.campaign)
+            )
+        wire = build_event(
+            event,
+            event_type=event.type,
+            token=token,
+            client=client,
+            source="api",
+            ts=ts,
+            received_ms=received,
+            url=url,
+            parent=parent,
+        )
+        records.append(Record(state.topic, partition_key(wire), orjson.dumps(wire)))
+        per_campaign[event.campaign] = per_campaign.get(event.campaign, 0) + 1
+        per_type[event.type] = per_type.get(event.type, 0) + 1
+    for campaign, count in per_campaign.items():
+        _limit_campaign(state, campaign, count)
+    await _publish(state, records)
+    for event_type, count in per_type.items():
+        state.metrics.ingest_events.labels(event_type, "accepted").inc(count)
+    return JsonResponse({"accepted": len(records), "rejected": rejected}, status_code=202)
+
+
+@router.get("/healthz", summary="The process is alive")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", summary="Ready to accept events", responses={503: {}})
+async def readyz(state: StateDep) -> JsonResponse:
+    bus = state.require_bus()
+    ready = bus.ready()
+    body = {
+        "status": "ready" if ready else "unavailable",
+        "spool_depth": bus.spool_depth,
+        "broker_up": bool(getattr(bus, "broker_up", True)),
+    }
+    return JsonResponse(
+        body, status_code=200 if ready else 503, headers=None if ready else {"Retry-After": "5"}
+    )
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics(state: StateDep) -> Response:
+    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

