@@ -127,13 +127,15 @@ async def _read_body(request: Request, limit: int) -> bytes:
 # -- routes --------------------------------------------------------------------
 
 
-@router.api_route(
-    "/p.gif",
-    methods=["GET", "HEAD"],
-    response_class=Response,
-    responses={200: {"content": {"image/gif": {}}, "description": "always the 43-byte GIF"}},
-    summary="Tracking pixel",
-)
+PIXEL_ROUTE: dict[str, Any] = {
+    "response_class": Response,
+    "responses": {200: {"content": {"image/gif": {}}, "description": "always the 43-byte GIF"}},
+    "summary": "Tracking pixel",
+}
+
+
+@router.get("/p.gif", operation_id="pixel_get", **PIXEL_ROUTE)
+@router.head("/p.gif", operation_id="pixel_head", **PIXEL_ROUTE)
 async def pixel(
     request: Request,
     state: StateDep,
@@ -156,14 +158,16 @@ async def pixel(
     return Response(body, headers=PIXEL_HEADER_MAP)
 
 
-@router.api_route(
-    "/r/{slug}",
-    methods=["GET", "HEAD"],
-    status_code=302,
-    response_class=RedirectResponse,
-    responses={302: {"description": "to the link's registered destination"}, 404: {}},
-    summary="Tracked link",
-)
+LINK_ROUTE: dict[str, Any] = {
+    "status_code": 302,
+    "response_class": RedirectResponse,
+    "responses": {302: {"description": "to the link's registered destination"}, 404: {}},
+    "summary": "Tracked link",
+}
+
+
+@router.get("/r/{slug}", operation_id="tracked_link_get", **LINK_ROUTE)
+@router.head("/r/{slug}", operation_id="tracked_link_head", **LINK_ROUTE)
 async def tracked_link(
     slug: str,
     request: Request,
