@@ -18,6 +18,7 @@ from app.bus.base import Bus
 from app.bus.spool import Spool, SpoolLocked
 from app.enrich import Enricher
 from app.errors import install_error_handlers
+from app.ingest import PixelIngest
 from app.links import LinkRegistry
 from app.metrics import ApiMetrics
 from app.pixel import PixelFastPath
@@ -64,8 +65,11 @@ def open_worker_spool(settings: Settings) -> Spool:
 
 
 def create_app(settings: Settings, bus: Bus | None = None) -> FastAPI:
-    """Builds the API. ``bus`` overrides the one the settings select (tests, embedded mode);
-    the app starts and stops whichever bus it ends up with."""
+    """Builds the FastAPI app; ``create_asgi`` wraps it for serving.
+
+    ``bus`` overrides the one the settings select (tests, embedded mode);
+    the app starts and stops whichever bus it ends up with.
+    """
     tracking_settings = settings.tracking
     signer = TokenSigner.from_settings(tracking_settings)
     metrics = ApiMetrics()
@@ -91,9 +95,11 @@ def create_app(settings: Settings, bus: Bus | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.bus = bus if bus is not None else build_bus(settings, metrics)
         await state.bus.start()
+        state.pixels = PixelIngest(state)
         try:
             yield
         finally:
+            state.pixels.drain()  # hits accepted before shutdown still reach the bus
             await state.bus.stop()
 
     app = FastAPI(
@@ -112,11 +118,14 @@ def create_app(settings: Settings, bus: Bus | None = None) -> FastAPI:
         allow_headers=["content-type", "authorization"],
         max_age=tracking_settings.cors_max_age_s,
     )
-    # Added last, so it is the outermost middleware: the pixel skips routing and CORS.
-    app.add_middleware(PixelFastPath)
     return app
 
 
-def app_from_env() -> FastAPI:
+def create_asgi(settings: Settings, bus: Bus | None = None) -> PixelFastPath:
+    """What servers run: the app behind the pixel fast path (``app.pixel``)."""
+    return PixelFastPath(create_app(settings, bus=bus))
+
+
+def app_from_env() -> PixelFastPath:
     """Server entry point: settings from the environment, built once per process."""
-    return create_app(Settings())
+    return create_asgi(Settings())

@@ -8,7 +8,11 @@ worker or run one worker per container (the deploy files do the latter).
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from app.events import EVENT_TYPES
 
 
 class ApiMetrics:
@@ -21,36 +25,45 @@ class ApiMetrics:
             "viraltrace_ingest_events_total",
             "Events received at the edge, by event type and outcome "
             "(accepted, rejected, rate_limited, dropped).",
-            ["type", "outcome"], registry=r,
+            ["type", "outcome"],
+            registry=r,
         )
         self.dlq_events = Counter(
             "viraltrace_dlq_events_total",
-            "Events routed to the dead-letter topic, by reason.", ["reason"], registry=r,
+            "Events routed to the dead-letter topic, by reason.",
+            ["reason"],
+            registry=r,
         )
         self.publish_dropped = Counter(
             "viraltrace_publish_dropped_records_total",
             "Fire-and-forget records that could not be stored (spool full), by topic.",
-            ["topic"], registry=r,
+            ["topic"],
+            registry=r,
         )
         self.spool_depth = Gauge(
             "viraltrace_spool_depth_records",
-            "Records waiting in the on-disk spool for the broker.", registry=r,
+            "Records waiting in the on-disk spool for the broker.",
+            registry=r,
         )
         self.spool_bytes = Gauge(
             "viraltrace_spool_depth_bytes",
-            "Bytes of records waiting in the on-disk spool.", registry=r,
+            "Bytes of records waiting in the on-disk spool.",
+            registry=r,
         )
         self.spooled = Counter(
             "viraltrace_spooled_records_total",
-            "Records written to the spool because the broker was unreachable.", registry=r,
+            "Records written to the spool because the broker was unreachable.",
+            registry=r,
         )
         self.replayed = Counter(
             "viraltrace_spool_replayed_records_total",
-            "Records replayed from the spool to the broker.", registry=r,
+            "Records replayed from the spool to the broker.",
+            registry=r,
         )
         self.broker_up = Gauge(
             "viraltrace_broker_up",
-            "1 while the producer reaches the broker, else 0.", registry=r,
+            "1 while the producer reaches the broker, else 0.",
+            registry=r,
         )
         self.send_seconds = Histogram(
             "viraltrace_producer_send_seconds",
@@ -58,3 +71,24 @@ class ApiMetrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=r,
         )
+        # Label children bound once: .labels() costs more than .inc() on the pixel path.
+        self._ingest: dict[tuple[str, str], Any] = {}
+        self._dlq: dict[str, Any] = {}
+
+    def count_ingest(self, event_type: str, outcome: str, amount: int = 1) -> None:
+        """Counts edge events. Unknown types count as ``invalid`` so that a client
+        cannot mint label values (and blow up the series count)."""
+        if event_type not in EVENT_TYPES:
+            event_type = "invalid"
+        key = (event_type, outcome)
+        child = self._ingest.get(key)
+        if child is None:
+            child = self._ingest[key] = self.ingest_events.labels(event_type, outcome)
+        child.inc(amount)
+
+    def count_dlq(self, reason: str) -> None:
+        """Counts a dead-lettered event; reasons come from our code, so the set is bounded."""
+        child = self._dlq.get(reason)
+        if child is None:
+            child = self._dlq[reason] = self.dlq_events.labels(reason)
+        child.inc()

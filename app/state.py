@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
 from fastapi import Depends, Request
@@ -18,6 +18,9 @@ from app.metrics import ApiMetrics
 from app.ratelimit import TokenBuckets
 from app.settings import Settings
 from app.tokens import TokenSigner
+
+if TYPE_CHECKING:
+    from app.ingest import PixelIngest
 
 DLQ_PAYLOAD_MAX_CHARS = 8192
 
@@ -32,6 +35,7 @@ class AppState:
     ip_buckets: TokenBuckets
     campaign_buckets: TokenBuckets
     bus: Bus | None = None
+    pixels: PixelIngest | None = None
     started_at: float = field(default_factory=time.time)
 
     @property
@@ -42,6 +46,11 @@ class AppState:
         if self.bus is None:  # only before the lifespan has started
             raise RuntimeError("the bus is not started")
         return self.bus
+
+    def require_pixels(self) -> PixelIngest:
+        if self.pixels is None:
+            raise RuntimeError("the pixel pipeline is not started")
+        return self.pixels
 
     def dead_letter(
         self,
@@ -81,7 +90,7 @@ class AppState:
             )
         key = campaign.encode() if campaign else None
         self.require_bus().publish_nowait(Record(self.settings.kafka.dlq_topic, key, body))
-        self.metrics.dlq_events.labels(error.reason).inc()
+        self.metrics.count_dlq(error.reason)
 
 
 def get_state(request: Request) -> AppState:

@@ -24,7 +24,7 @@ import hmac
 import secrets
 import struct
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 from app.settings import TrackingSettings
@@ -60,14 +60,13 @@ class ShareToken:
     node: int
     depth: int
     campaign: str
+    # Derived once: events carry them, and verified tokens are cached.
+    root_hex: str = field(init=False, repr=False, compare=False)
+    node_hex: str = field(init=False, repr=False, compare=False)
 
-    @property
-    def root_hex(self) -> str:
-        return f"{self.root:016x}"
-
-    @property
-    def node_hex(self) -> str:
-        return f"{self.node:016x}"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root_hex", f"{self.root:016x}")
+        object.__setattr__(self, "node_hex", f"{self.node:016x}")
 
     @property
     def is_root(self) -> bool:

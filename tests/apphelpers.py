@@ -12,7 +12,7 @@ from fastapi import FastAPI
 
 from app.bus.base import Bus
 from app.bus.memory import MemoryBus
-from app.main import create_app
+from app.main import create_asgi
 from app.settings import Settings
 
 CLIENT_ADDR = ("203.0.113.9", 4321)
@@ -26,9 +26,10 @@ CHROME = (
 async def running_app(
     settings: Settings, bus: Bus | None = None
 ) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
-    app = create_app(settings, bus=bus)
+    asgi = create_asgi(settings, bus=bus)
+    app = asgi.app
     async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app, client=CLIENT_ADDR)
+        transport = httpx.ASGITransport(app=asgi, client=CLIENT_ADDR)
         async with httpx.AsyncClient(
             transport=transport, base_url="http://testserver", headers={"user-agent": CHROME}
         ) as client:
@@ -37,6 +38,7 @@ async def running_app(
 
 def memory_records(app: FastAPI, topic: str) -> list[tuple[int, bytes | None, dict[str, Any]]]:
     """(partition, key, decoded value) of every record the in-process bus holds for ``topic``."""
+    app.state.vt.require_pixels().drain()  # pixel hits are processed on the next loop turn
     bus = app.state.vt.bus
     assert isinstance(bus, MemoryBus)
     out = []

@@ -17,21 +17,24 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.bus.memory import MemoryBus
-from app.main import create_app
+from app.ingest import PixelIngest
+from app.main import create_asgi
 from app.pixel import PIXEL_GIF
 from tests.conftest import make_settings
 
-APP = create_app(
+ASGI = create_asgi(
     make_settings(Path("/nonexistent-fuzz-dir"), tracking={"cors_origins": ["https://a.example"]})
 )
+APP = ASGI.app
 # Schemathesis calls the app without running its lifespan; the in-process bus needs no start.
 APP.state.vt.bus = MemoryBus(4)
-schema = schemathesis.openapi.from_asgi("/openapi.json", APP)
+APP.state.vt.pixels = PixelIngest(APP.state.vt)
+schema = schemathesis.openapi.from_asgi("/openapi.json", ASGI)
 
 
 def call(method: str, url: str, **kwargs: object) -> httpx.Response:
     async def go() -> httpx.Response:
-        transport = httpx.ASGITransport(app=APP)
+        transport = httpx.ASGITransport(app=ASGI)
         async with httpx.AsyncClient(transport=transport, base_url="http://fuzz") as client:
             return await client.request(method, url, **kwargs)  # type: ignore[arg-type]
 
@@ -133,5 +136,15 @@ def test_pixel_query_fuzz_always_answers_the_gif(query: bytes) -> None:
         "client": ("198.51.100.7", 1),
         "server": ("fuzz", 80),
     }
-    asyncio.run(APP(scope, receive, send))  # type: ignore[arg-type]
+
+    async def hit() -> None:
+        await ASGI(scope, receive, send)  # type: ignore[arg-type]
+        APP.state.vt.require_pixels().drain()
+
+    asyncio.run(hit())
     assert sent[0]["status"] == 200 and sent[1]["body"] == PIXEL_GIF
+    # drain() logs and counts a batch that crashed instead of raising: none may have.
+    dropped = APP.state.vt.metrics.registry.get_sample_value(
+        "viraltrace_ingest_events_total", {"type": "invalid", "outcome": "dropped"}
+    )
+    assert not dropped

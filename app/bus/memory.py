@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from functools import lru_cache
 
 from aiokafka.partitioner import DefaultPartitioner
 
@@ -24,8 +25,11 @@ class MemoryBus:
     def __init__(self, partitions: int, max_records: int = 1_000_000) -> None:
         self.partitions = partitions
         self.max_records = max_records
+        self._all_partitions = list(range(partitions))
         self._logs: dict[str, list[list[Record]]] = {}
         self._partitioner = DefaultPartitioner()
+        # murmur2 is pure Python in aiokafka; cascades repeat their key, so cache it.
+        self._partition_cached = lru_cache(maxsize=65_536)(self._partition_uncached)
         self._changed = asyncio.Event()
         self._pending = 0
 
@@ -43,9 +47,11 @@ class MemoryBus:
         return 0
 
     def partition_for(self, key: bytes | None) -> int:
-        if key is None:
-            return 0
-        partition: int = self._partitioner(key, list(range(self.partitions)), [])
+        """The partition Kafka's default partitioner would pick for ``key``."""
+        return 0 if key is None else self._partition_cached(key)
+
+    def _partition_uncached(self, key: bytes) -> int:
+        partition: int = self._partitioner(key, self._all_partitions, [])
         return partition
 
     def _append(self, record: Record) -> None:
