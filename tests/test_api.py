@@ -381,6 +381,24 @@ async def test_events_validates_each_event_on_its_own(cfg: Any) -> None:
         assert len(dead_letters(app)) == 7 and len(events(app)) == 2
 
 
+async def test_events_schema_valid_batch_still_checks_tokens_and_times(cfg: Any) -> None:
+    # Every event passes the one-pass schema check, so the fast path runs; the
+    # token and time checks that follow must still refuse by index.
+    async with running_app(cfg) as (app, client):
+        good = signer_of(app).mint_root("spring").raw
+        resp = await client.post(
+            "/v1/events", json=[ev(token=good), ev(token="B" * 40), ev(ts=1), ev(type="share")]
+        )
+        assert resp.status_code == 202
+        body = resp.json()
+        assert body["accepted"] == 2
+        assert [(r["index"], r["reason"]) for r in body["rejected"]] == [
+            (1, "bad_token"), (2, "bad_ts"),
+        ]
+        dead = dead_letters(app)
+        assert [d["payload"]["token"] for d in dead] == ["B" * 40, None]
+
+
 @pytest.mark.parametrize(
     ("content", "ctype", "status", "reason"),
     [

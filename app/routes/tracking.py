@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Annotated, Any
 
@@ -13,10 +14,9 @@ import orjson
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import RedirectResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
 
 from app.bus.base import BusUnavailable, Record
-from app.enrich import ClientInfo
 from app.errors import ApiError, JsonResponse
 from app.events import (
     CHANNEL_PATTERN,
@@ -25,12 +25,9 @@ from app.events import (
     EventIn,
     InvalidEvent,
     build_event,
-    check_time,
-    clean_url,
-    parse_event,
     partition_key,
-    resolve_token,
 )
+from app.ingest import EventStages, Hit
 from app.links import with_query_param
 from app.pixel import PIXEL_GIF, PIXEL_HEADER_MAP, track_pixel
 from app.state import AppState, StateDep, now_ms
@@ -320,6 +317,53 @@ async def post_events(request: Request, state: StateDep) -> JsonResponse:
         )
     _limit_client(state, request)
     body = await _read_body(request, tracking.max_body_bytes)
+    hits = _batch_hits(body, request.scope, received, tracking.max_events_per_request)
+    rejected: list[dict[str, Any]] = []
+
+    def reject(hit: Hit, error: InvalidEvent) -> None:
+        rejected.append({"index": hit.index, **error.as_dict()})
+        payload = hit.fields if hit.event is None else hit.event.model_dump(mode="json")
+        state.dead_letter(error, "api", payload, received)
+        state.metrics.count_ingest("invalid", "rejected")
+
+    records, per_type, per_campaign = EventStages(state, "api").run(hits, reject)
+    for campaign, count in per_campaign.items():
+        _limit_campaign(state, campaign, count)
+    await _publish(state, records)
+    for event_type, count in per_type.items():
+        state.metrics.count_ingest(event_type, "accepted", count)
+    return JsonResponse({"accepted": len(records), "rejected": rejected}, status_code=202)
+
+
+class EventsEnvelope(BaseModel):
+    events: list[EventIn]
+
+
+_EVENT_LIST = TypeAdapter(list[EventIn])
+_ENVELOPE = TypeAdapter(EventsEnvelope)
+
+
+def _batch_hits(body: bytes, scope: Mapping[str, Any], received: int, limit: int) -> list[Hit]:
+    """The request's events as hits, or the ``ApiError`` for a body that is not a batch.
+
+    Fast path: the whole body validated in one pass (pydantic-core straight
+    from JSON). Only when that fails is each event validated on its own, to
+    report every bad one by index.
+    """
+    head = body.lstrip()[:1]
+    try:
+        if head == b"[":
+            events = _EVENT_LIST.validate_json(body)
+        elif head == b"{":
+            events = _ENVELOPE.validate_json(body).events
+        else:
+            events = None
+    except ValidationError:
+        events = None
+    if events is not None:
+        if len(events) > limit:
+            raise _too_many(limit)
+        return [Hit(scope, received, None, index, event) for index, event in enumerate(events)]
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -332,61 +376,13 @@ async def post_events(request: Request, state: StateDep) -> JsonResponse:
             'send a JSON array of events or {"events": [...]}',
             "events" if isinstance(data, dict) else "body",
         )
-    if len(items) > tracking.max_events_per_request:
-        raise ApiError(
-            413,
-            "too_many_events",
-            f"at most {tracking.max_events_per_request} events per request",
-            "events",
-        )
+    if len(items) > limit:
+        raise _too_many(limit)
+    return [Hit(scope, received, item, index) for index, item in enumerate(items)]
 
-    records: list[Record] = []
-    rejected: list[dict[str, Any]] = []
-    per_campaign: dict[str, int] = {}
-    per_type: dict[str, int] = {}
-    clients: dict[str, ClientInfo] = {}
-    for index, item in enumerate(items):
-        try:
-            event = parse_event(item)
-            ts = check_time(event.ts, received, tracking.max_event_age_s, tracking.max_event_skew_s)
-            url = clean_url(event.url)
-            token = resolve_token(state.signer, event.token, event.campaign)
-        except InvalidEvent as error:
-            rejected.append({"index": index, **error.as_dict()})
-            state.dead_letter(error, "api", item, received)
-            state.metrics.count_ingest("invalid", "rejected")
-            continue
-        client = clients.get(event.campaign)
-        if client is None:
-            client = clients[event.campaign] = state.enricher.from_scope(
-                request.scope, event.campaign
-            )
-        parent = None
-        if event.type == "share":
-            parent = token
-            token = (
-                state.signer.mint_child(token) if token else state.signer.mint_root(event.campaign)
-            )
-        wire = build_event(
-            event,
-            event_type=event.type,
-            token=token,
-            client=client,
-            source="api",
-            ts=ts,
-            received_ms=received,
-            url=url,
-            parent=parent,
-        )
-        records.append(Record(state.topic, partition_key(wire), orjson.dumps(wire)))
-        per_campaign[event.campaign] = per_campaign.get(event.campaign, 0) + 1
-        per_type[event.type] = per_type.get(event.type, 0) + 1
-    for campaign, count in per_campaign.items():
-        _limit_campaign(state, campaign, count)
-    await _publish(state, records)
-    for event_type, count in per_type.items():
-        state.metrics.count_ingest(event_type, "accepted", count)
-    return JsonResponse({"accepted": len(records), "rejected": rejected}, status_code=202)
+
+def _too_many(limit: int) -> ApiError:
+    return ApiError(413, "too_many_events", f"at most {limit} events per request", "events")
 
 
 @router.get("/healthz", summary="The process is alive")
