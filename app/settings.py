@@ -40,6 +40,8 @@ class KafkaSettings(BaseModel):
     client_id: str = "viraltrace-api"
     create_topics: bool = True
     max_request_size: int = Field(1_048_576, ge=1024)
+    # Per-partition batch size; larger batches mean fewer produce requests under load.
+    max_batch_bytes: int = Field(262_144, ge=1024)
 
 
 class SpoolSettings(BaseModel):

@@ -99,3 +99,16 @@ async def test_events_arrive_keyed_by_root_with_one_partition_per_cascade(
 
     [dead] = values(await consume(cfg.kafka.bootstrap or "", cfg.kafka.dlq_topic, expected=1))
     assert dead["reason"] == "bad_token" and dead["payload"]["campaign"] == "spring"
+
+
+def test_cached_partitioner_matches_aiokafka() -> None:
+    from aiokafka.partitioner import DefaultPartitioner
+
+    from app.bus.partitioning import partition_for
+
+    default = DefaultPartitioner()
+    for count in (1, 3, 12, 64):
+        partitions = list(range(count))
+        for i in range(500):
+            key = f"{i:016x}".encode()
+            assert partition_for(key, count) == default(key, partitions, partitions)

@@ -22,6 +22,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from app.bus.base import Record, SpoolFull
+from app.bus.partitioning import partition_for
 from app.bus.spool import Spool
 from app.metrics import ApiMetrics
 from app.settings import KafkaSettings, SpoolSettings
@@ -52,6 +53,9 @@ class KafkaBus:
         self._wake = asyncio.Event()
         self._spool_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
+        # Partition counts per topic, read once: adding partitions to a live topic
+        # moves cascades between partitions anyway, so restart producers after it.
+        self._partition_counts: dict[str, int] = {}
         self._stopping = False
         metrics.spool_depth.set_function(lambda: self._spool.depth_records)
         metrics.spool_bytes.set_function(lambda: self._spool.depth_bytes)
@@ -117,33 +121,86 @@ class KafkaBus:
         self._metrics.spooled.inc(len(records))
 
     async def _send(self, records: Sequence[Record]) -> list[Record]:
-        """Sends and waits for acks; returns the records not acknowledged in time."""
+        """Sends and waits for acks; returns the records not acknowledged in time.
+
+        Keyed records go as one ``BatchBuilder`` per topic-partition (far less
+        per-record work in aiokafka than ``send``); the partition is the
+        default partitioner's, so keys land exactly where a plain send puts them.
+        """
         producer = self._producer
         if producer is None:
             return list(records)
         started = time.perf_counter()
-        futures: list[asyncio.Future[object]] = []
+        submitted: list[tuple[list[int], asyncio.Future[object]]] = []
         try:
             async with asyncio.timeout(self._settings.send_timeout_s):
-                for record in records:
-                    futures.append(
-                        await producer.send(record.topic, value=record.value, key=record.key)
-                    )
-                await asyncio.wait(futures)
+                groups: dict[tuple[str, int | None], list[int]] = {}
+                for index, record in enumerate(records):
+                    key = (record.topic, await self._partition(producer, record))
+                    groups.setdefault(key, []).append(index)
+                for (topic, partition), indexes in groups.items():
+                    await self._submit(producer, records, topic, partition, indexes, submitted)
+                await asyncio.wait([future for _, future in submitted])
         except (KafkaError, OSError, TimeoutError) as exc:
             log.warning("kafka send interrupted: %s", exc)
-        failed = [
-            record
-            for i, record in enumerate(records)
-            if i >= len(futures) or not futures[i].done() or futures[i].exception() is not None
-        ]
-        for future in futures:
+        acked: set[int] = set()
+        for members, future in submitted:
             if not future.done():
                 # Late acks are harmless duplicates of what we spool; silence them.
                 future.add_done_callback(_consume_result)
+            elif not future.cancelled() and future.exception() is None:
+                acked.update(members)
+        failed = [record for index, record in enumerate(records) if index not in acked]
         if not failed:
             self._metrics.send_seconds.observe(time.perf_counter() - started)
         return failed
+
+    @staticmethod
+    async def _submit(
+        producer: AIOKafkaProducer,
+        records: Sequence[Record],
+        topic: str,
+        partition: int | None,
+        indexes: list[int],
+        submitted: list[tuple[list[int], asyncio.Future[object]]],
+    ) -> None:
+        """Queues one topic-partition's records; appends (members, ack future) pairs."""
+        if partition is None:  # keyless: aiokafka spreads them
+            for index in indexes:
+                future = await producer.send(topic, value=records[index].value)
+                submitted.append(([index], future))
+            return
+        batch, members = producer.create_batch(), list[int]()
+        for index in indexes:
+            record = records[index]
+            if batch.append(key=record.key, value=record.value, timestamp=None) is None:
+                if members:
+                    future = await producer.send_batch(batch, topic, partition=partition)
+                    submitted.append((members, future))
+                batch, members = producer.create_batch(), list[int]()
+                if batch.append(key=record.key, value=record.value, timestamp=None) is None:
+                    # Larger than a whole batch: let send() size it (or refuse it).
+                    future = await producer.send(
+                        topic, value=record.value, key=record.key, partition=partition
+                    )
+                    submitted.append(([index], future))
+                    continue
+            members.append(index)
+        if members:
+            future = await producer.send_batch(batch, topic, partition=partition)
+            submitted.append((members, future))
+
+    async def _partition(self, producer: AIOKafkaProducer, record: Record) -> int | None:
+        """The default partitioner's choice, from cached murmur2 and a cached partition
+        count (``None`` lets aiokafka choose, e.g. for records without a key)."""
+        if record.key is None:
+            return None
+        count = self._partition_counts.get(record.topic)
+        if count is None:
+            count = self._partition_counts[record.topic] = len(
+                await producer.partitions_for(record.topic)
+            )
+        return partition_for(record.key, count)
 
     async def _flush_buffer(self) -> None:
         batch, self._buffer = self._buffer, []
@@ -186,6 +243,7 @@ class KafkaBus:
                 linger_ms=self._settings.linger_ms,
                 max_request_size=self._settings.max_request_size,
                 request_timeout_ms=int(self._settings.send_timeout_s * 1000),
+                max_batch_size=self._settings.max_batch_bytes,
             )
             try:
                 async with asyncio.timeout(self._settings.send_timeout_s):

@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from functools import lru_cache
-
-from aiokafka.partitioner import DefaultPartitioner
 
 from app.bus.base import BusUnavailable, Record
+from app.bus.partitioning import partition_for
 
 
 class MemoryBus:
@@ -25,11 +23,7 @@ class MemoryBus:
     def __init__(self, partitions: int, max_records: int = 1_000_000) -> None:
         self.partitions = partitions
         self.max_records = max_records
-        self._all_partitions = list(range(partitions))
         self._logs: dict[str, list[list[Record]]] = {}
-        self._partitioner = DefaultPartitioner()
-        # murmur2 is pure Python in aiokafka; cascades repeat their key, so cache it.
-        self._partition_cached = lru_cache(maxsize=65_536)(self._partition_uncached)
         self._changed = asyncio.Event()
         self._pending = 0
 
@@ -48,11 +42,7 @@ class MemoryBus:
 
     def partition_for(self, key: bytes | None) -> int:
         """The partition Kafka's default partitioner would pick for ``key``."""
-        return 0 if key is None else self._partition_cached(key)
-
-    def _partition_uncached(self, key: bytes) -> int:
-        partition: int = self._partitioner(key, self._all_partitions, [])
-        return partition
+        return 0 if key is None else partition_for(key, self.partitions)
 
     def _append(self, record: Record) -> None:
         logs = self._logs.setdefault(record.topic, [[] for _ in range(self.partitions)])
