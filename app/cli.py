@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from app.bench import bench
 from app.settings import Settings
 
 cli = typer.Typer(help="viraltrace: live share-cascade tracking.", no_args_is_help=True)
+cli.add_typer(bench, name="bench", help="Benchmarks (rerunnable; see docs/benchmarks.md).")
 
 
 @cli.command()
@@ -44,6 +47,39 @@ def serve(
         "app.main:app_from_env", address=host, port=port, interface=Interfaces.ASGI,
         workers=workers, factory=True, log_access=False, loop=Loops.uvloop,
     ).serve()
+
+
+@cli.command()
+def up(
+    host: Annotated[str, typer.Option(help="bind address")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="bind port")] = 8000,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="where state lives (default ./.viraltrace)")
+    ] = None,
+) -> None:
+    """Run everything in one process on the embedded defaults.
+
+    The bus is the in-process one unless VIRALTRACE_KAFKA_BOOTSTRAP is set.
+    """
+    import uvicorn
+
+    from app.logs import configure_logging
+    from app.main import create_asgi
+
+    settings = Settings() if data_dir is None else Settings(data_dir=data_dir)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    configure_logging(settings.server.log_level)
+    bus = f"Kafka at {settings.kafka.bootstrap}" if settings.kafka.bootstrap else "in-process bus"
+    base = f"http://{host}:{port}"
+    typer.echo(f"viraltrace up: {bus}, data in {settings.data_dir.resolve()}")
+    typer.echo(f"  pixel   {base}/p.gif?c=<campaign>")
+    typer.echo(f"  events  {base}/v1/events   shares {base}/v1/shares")
+    typer.echo(f"  health  {base}/healthz     metrics {base}/metrics   docs {base}/docs")
+    typer.echo("Ctrl-C stops it.")
+    uvicorn.run(
+        create_asgi(settings), host=host, port=port, access_log=False, log_config=None,
+        lifespan="on",
+    )
 
 
 @cli.command()

@@ -45,7 +45,9 @@ class MemoryBus:
         return 0 if key is None else partition_for(key, self.partitions)
 
     def _append(self, record: Record) -> None:
-        logs = self._logs.setdefault(record.topic, [[] for _ in range(self.partitions)])
+        logs = self._logs.get(record.topic)
+        if logs is None:
+            logs = self._logs[record.topic] = [[] for _ in range(self.partitions)]
         logs[self.partition_for(record.key)].append(record)
         self._pending += 1
 
