@@ -12,7 +12,6 @@ consumers.
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -54,6 +53,8 @@ Source = Literal["pixel", "link", "api", "shares"]
 CAMPAIGN_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 CHANNEL_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,31}$"
 REACTION_PATTERN = r"^[a-z0-9_+-]{1,32}$"
+# Canonical 8-4-4-4-12 form; kept a string end to end (no UUID object on the hot path).
+UUID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 MAX_URL_CHARS = 2048
 
 
@@ -81,7 +82,9 @@ class EventIn(BaseModel):
     campaign: Campaign
     token: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
     channel: Channel | None = None
-    event_id: uuid.UUID | None = None
+    event_id: (
+        Annotated[str, BeforeValidator(_lower), StringConstraints(pattern=UUID_PATTERN)] | None
+    ) = None
     ts: (
         Annotated[int, BeforeValidator(_not_bool), Field(ge=0, description="client ms since epoch")]
         | None
@@ -267,7 +270,7 @@ def build_event(
     for a share it is the newly minted one, with ``parent`` the share it came through."""
     return {
         "v": SCHEMA_VERSION,
-        "event_id": str(event.event_id) if event.event_id else new_event_id(),
+        "event_id": event.event_id or new_event_id(),
         "type": event_type,
         "campaign": event.campaign,
         "ts": ts,

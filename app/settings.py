@@ -104,6 +104,28 @@ class TrackingSettings(BaseModel):
         return value
 
 
+class ClickHouseSettings(BaseModel):
+    """Where events, cascades and rollups are stored (used by the consumers).
+
+    ``http(s)://user:password@host:8123/database`` for a ClickHouse server or
+    cluster, ``chdb:///path`` for the embedded engine; None means
+    ``chdb://<data_dir>/clickhouse``.
+    """
+
+    dsn: str | None = None
+    events_ttl_days: int = Field(400, ge=1)
+
+
+class DatabaseSettings(BaseModel):
+    """The control-plane database (campaigns, links, keys, webhooks).
+
+    A SQLAlchemy async URL, e.g. ``postgresql+asyncpg://user@host/db``; None
+    means a SQLite file in the data directory.
+    """
+
+    url: str | None = None
+
+
 class ServerSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65_535)
@@ -128,6 +150,8 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     spool: SpoolSettings = Field(default_factory=SpoolSettings)
     tracking: TrackingSettings = Field(default_factory=TrackingSettings)
+    clickhouse: ClickHouseSettings = Field(default_factory=ClickHouseSettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
 
     @model_validator(mode="after")

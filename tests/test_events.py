@@ -132,3 +132,30 @@ def test_clean_url_never_crashes(url: str) -> None:
         assert clean_url(url) is not None
     except InvalidEvent as exc:
         assert exc.reason == "bad_url"
+
+
+def test_settings_keep_the_environment_names_deploy_files_rely_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from app.settings import Settings
+
+    monkeypatch.setenv("VIRALTRACE_KAFKA_BOOTSTRAP", "kafka-1:9092,kafka-2:9092")
+    monkeypatch.setenv("VIRALTRACE_CLICKHOUSE_DSN", "https://ch.example:8443/viraltrace")
+    monkeypatch.setenv("VIRALTRACE_DATABASE_URL", "postgresql+asyncpg://vt@db/vt")
+    monkeypatch.setenv("VIRALTRACE_DATA_DIR", "/var/lib/viraltrace")
+    monkeypatch.setenv("VIRALTRACE_TRACKING_CORS_ORIGINS", "https://a.example, https://b.example")
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert settings.kafka.bootstrap == "kafka-1:9092,kafka-2:9092"
+    assert settings.clickhouse.dsn == "https://ch.example:8443/viraltrace"
+    assert settings.database.url == "postgresql+asyncpg://vt@db/vt"
+    assert str(settings.data_dir) == "/var/lib/viraltrace"
+    assert settings.tracking.cors_origins == ["https://a.example", "https://b.example"]
+
+
+def test_placeholder_secrets_are_refused_outside_development() -> None:
+    from pydantic import ValidationError
+
+    from app.settings import Settings
+
+    with pytest.raises(ValidationError, match="placeholder"):
+        Settings(environment="production", _env_file=None)  # type: ignore[call-arg]

@@ -134,10 +134,16 @@ class KafkaBus:
         submitted: list[tuple[list[int], asyncio.Future[object]]] = []
         try:
             async with asyncio.timeout(self._settings.send_timeout_s):
+                for topic in {record.topic for record in records}:
+                    await self._learn_partitions(producer, topic)
+                counts = self._partition_counts
                 groups: dict[tuple[str, int | None], list[int]] = {}
                 for index, record in enumerate(records):
-                    key = (record.topic, await self._partition(producer, record))
-                    groups.setdefault(key, []).append(index)
+                    partition = (
+                        None if record.key is None
+                        else partition_for(record.key, counts[record.topic])
+                    )
+                    groups.setdefault((record.topic, partition), []).append(index)
                 for (topic, partition), indexes in groups.items():
                     await self._submit(producer, records, topic, partition, indexes, submitted)
                 await asyncio.wait([future for _, future in submitted])
@@ -190,17 +196,11 @@ class KafkaBus:
             future = await producer.send_batch(batch, topic, partition=partition)
             submitted.append((members, future))
 
-    async def _partition(self, producer: AIOKafkaProducer, record: Record) -> int | None:
-        """The default partitioner's choice, from cached murmur2 and a cached partition
-        count (``None`` lets aiokafka choose, e.g. for records without a key)."""
-        if record.key is None:
-            return None
-        count = self._partition_counts.get(record.topic)
-        if count is None:
-            count = self._partition_counts[record.topic] = len(
-                await producer.partitions_for(record.topic)
-            )
-        return partition_for(record.key, count)
+    async def _learn_partitions(self, producer: AIOKafkaProducer, topic: str) -> None:
+        """Caches the topic's partition count, so keyed records are partitioned in
+        Python with the cached murmur2 instead of by aiokafka per record."""
+        if topic not in self._partition_counts:
+            self._partition_counts[topic] = len(await producer.partitions_for(topic))
 
     async def _flush_buffer(self) -> None:
         batch, self._buffer = self._buffer, []
