@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -34,14 +35,23 @@ def wait_for_port(port: int, timeout_s: float = 20.0) -> None:
 
 
 def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout_s: float = 20.0) -> None:
-    """Stops one process we started, by its PID."""
+    """Stops a process we started in its own session, and every process in that group.
+
+    The API's server forks worker processes: signalling only the parent would
+    orphan a worker that keeps serving (a SIGKILL of the parent cannot pass
+    the signal on), so the signal goes to the group, whose id is our PID.
+    """
     if proc.poll() is None:
-        os.kill(proc.pid, sig)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
         try:
             proc.wait(timeout_s)
         except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout_s)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)  # workers that outlived their parent
 
 
 class NoidaBroker:
@@ -73,6 +83,7 @@ class NoidaBroker:
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         wait_for_port(self.port)
 
@@ -102,6 +113,7 @@ class ApiProcess:
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
