@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections import defaultdict
 from pathlib import Path
@@ -112,3 +113,41 @@ def test_cached_partitioner_matches_aiokafka() -> None:
         for i in range(500):
             key = f"{i:016x}".encode()
             assert partition_for(key, count) == default(key, partitions, partitions)
+
+
+async def test_concurrent_publishes_to_one_hot_partition_are_all_acked(
+    tmp_path: Path, broker: tuple[str, str, bool], unique: str
+) -> None:
+    """A viral cascade puts every request on one partition. aiokafka keeps one
+    pending batch per partition, so the bus must merge concurrent publishes
+    (group commit) instead of letting them queue into send timeouts, which
+    used to mark a healthy broker down and spool everything."""
+    from app.bus.base import Record
+    from app.bus.kafka import KafkaBus
+    from app.bus.spool import Spool
+    from app.metrics import ApiMetrics
+
+    cfg = kafka_settings(tmp_path, broker, unique, send_timeout_s=5)
+    metrics = ApiMetrics()
+    spool = Spool(tmp_path / "spool", cfg.spool.max_bytes, cfg.spool.segment_bytes)
+    bus = KafkaBus(cfg.kafka, cfg.spool, spool, metrics)
+    await bus.start()
+    try:
+        assert bus.broker_up
+
+        async def request(n: int) -> None:
+            await bus.publish(
+                [
+                    Record(cfg.kafka.topic, b"0123456789abcdef", f"{n}-{i}".encode())
+                    for i in range(100)
+                ]
+            )
+
+        await asyncio.gather(*(request(n) for n in range(64)))
+        assert bus.broker_up, "a healthy broker was marked down under load"
+        assert metrics.registry.get_sample_value("viraltrace_spooled_records_total") == 0
+    finally:
+        await bus.stop()
+    records = await consume(cfg.kafka.bootstrap or "", cfg.kafka.topic, expected=6400)
+    assert len({r.value for r in records}) == 6400
+    assert len({r.partition for r in records}) == 1

@@ -3,7 +3,15 @@
 Contract (see ``Bus``): ``publish`` returns once every record is acked by
 the broker (acks=all) or fsynced to the spool, and raises ``SpoolFull``
 when neither can take them. While the spool holds records every new record
-goes behind them, so replay keeps arrival order. A replayer task drains the
+goes behind them, so replay keeps arrival order.
+
+Group commit: ``publish`` and ``publish_nowait`` only queue their records;
+one flusher sends everything queued as one batch per partition, waits for
+the acks, then resolves each waiter. aiokafka keeps one pending batch per
+partition, so concurrent senders would queue behind each other on a hot
+partition (a popular cascade) and time out; merging them avoids that and
+keeps one flush in flight, so the next flush gathers whatever arrived
+while this one waited for its acks. A replayer task drains the
 spool whenever the broker answers, and also at start-up. A record whose
 send timed out may still reach the broker later and then also be replayed:
 that duplicate is why every event carries an ``event_id``.
@@ -49,7 +57,10 @@ class KafkaBus:
         self._metrics = metrics
         self._producer: AIOKafkaProducer | None = None
         self._up = False
-        self._buffer: list[Record] = []
+        self._buffer: list[Record] = []  # fire-and-forget records
+        # Awaited publishes: their records, and a future that receives the ones
+        # that could not be acked (the publisher spools those itself).
+        self._waiters: list[tuple[Sequence[Record], asyncio.Future[list[Record]]]] = []
         self._wake = asyncio.Event()
         self._spool_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
@@ -75,12 +86,16 @@ class KafkaBus:
         """Flushes buffered records (to the broker or the spool), then closes."""
         self._stopping = True
         self._wake.set()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
+        flusher, replayer = self._tasks or (None, None)
+        if replayer is not None:
+            # Safe to cancel: replayed records are acked in the spool only after the broker.
+            replayer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await self._flush_buffer()
+                await replayer
+        if flusher is not None:
+            # Not cancelled: a flush owns records nobody else holds; let it finish.
+            await flusher
+        await self._flush()
         if self._producer is not None:
             with contextlib.suppress(KafkaError, OSError, asyncio.TimeoutError):
                 await asyncio.wait_for(self._producer.stop(), self._settings.send_timeout_s)
@@ -107,21 +122,22 @@ class KafkaBus:
     async def publish(self, records: Sequence[Record]) -> None:
         if not records:
             return
-        if not self._up or self._spool.depth_records:
-            await self._to_spool(records)
-            return
-        failed = await self._send(records)
-        if failed:
-            self._mark_down("send failed or timed out")
-            await self._to_spool(failed)
+        if self._up and not self._spool.depth_records:
+            future: asyncio.Future[list[Record]] = asyncio.get_running_loop().create_future()
+            self._waiters.append((records, future))
+            self._wake.set()
+            records = await future
+            if not records:
+                return
+        await self._to_spool(records)
 
     async def _to_spool(self, records: Sequence[Record]) -> None:
         async with self._spool_lock:
             await asyncio.to_thread(self._spool.append, records)
         self._metrics.spooled.inc(len(records))
 
-    async def _send(self, records: Sequence[Record]) -> list[Record]:
-        """Sends and waits for acks; returns the records not acknowledged in time.
+    async def _send(self, records: Sequence[Record]) -> set[int]:
+        """Sends and waits for acks; returns the indexes of the records not acked in time.
 
         Keyed records go as one ``BatchBuilder`` per topic-partition (far less
         per-record work in aiokafka than ``send``); the partition is the
@@ -129,7 +145,7 @@ class KafkaBus:
         """
         producer = self._producer
         if producer is None:
-            return list(records)
+            return set(range(len(records)))
         started = time.perf_counter()
         submitted: list[tuple[list[int], asyncio.Future[object]]] = []
         try:
@@ -156,7 +172,7 @@ class KafkaBus:
                 future.add_done_callback(_consume_result)
             elif not future.cancelled() and future.exception() is None:
                 acked.update(members)
-        failed = [record for index, record in enumerate(records) if index not in acked]
+        failed = set(range(len(records))) - acked
         if not failed:
             self._metrics.send_seconds.observe(time.perf_counter() - started)
         return failed
@@ -202,15 +218,38 @@ class KafkaBus:
         if topic not in self._partition_counts:
             self._partition_counts[topic] = len(await producer.partitions_for(topic))
 
-    async def _flush_buffer(self) -> None:
-        batch, self._buffer = self._buffer, []
-        if not batch:
+    async def _flush(self) -> None:
+        """Sends everything queued as one batch, or spools it while the broker is down."""
+        buffer, self._buffer = self._buffer, []
+        waiters, self._waiters = self._waiters, []
+        if not buffer and not waiters:
+            return
+        if not self._up or self._spool.depth_records:
+            # Waiters spool their own records, so that a full spool reaches them as 503.
+            for records, future in waiters:
+                _resolve(future, list(records))
+            await self._spool_nowait(buffer)
+            return
+        batch = list(buffer)
+        for records, _ in waiters:
+            batch.extend(records)
+        failed = await self._send(batch)
+        if failed:
+            self._mark_down("send failed or timed out")
+        await self._spool_nowait([buffer[i] for i in range(len(buffer)) if i in failed])
+        offset = len(buffer)
+        for records, future in waiters:
+            _resolve(future, [r for i, r in enumerate(records, offset) if i in failed])
+            offset += len(records)
+
+    async def _spool_nowait(self, records: list[Record]) -> None:
+        if not records:
             return
         try:
-            await self.publish(batch)
+            await self._to_spool(records)
         except SpoolFull:
-            log.error("spool full: dropped %s fire-and-forget records", len(batch))
-            for record in batch:
+            log.error("spool full: dropped %s fire-and-forget records", len(records))
+            for record in records:
                 self._metrics.publish_dropped.labels(record.topic).inc()
 
     async def _flush_loop(self) -> None:
@@ -220,7 +259,9 @@ class KafkaBus:
                 async with asyncio.timeout(linger):
                     await self._wake.wait()
             self._wake.clear()
-            await self._flush_buffer()
+            await self._flush()
+            if self._stopping:
+                return
 
     # -- broker connection and replay -----------------------------------------
 
@@ -294,8 +335,7 @@ class KafkaBus:
                 continue
             async with self._spool_lock:
                 batch = await asyncio.to_thread(self._spool.peek, REPLAY_BATCH)
-            failed = await self._send(batch)
-            if failed:
+            if await self._send(batch):
                 self._mark_down("replay send failed")
                 await asyncio.sleep(self._retry_s)
                 continue
@@ -303,6 +343,11 @@ class KafkaBus:
                 await asyncio.to_thread(self._spool.ack, len(batch))
             self._metrics.replayed.inc(len(batch))
             log.info("replayed %s records from the spool", len(batch))
+
+
+def _resolve(future: asyncio.Future[list[Record]], failed: list[Record]) -> None:
+    if not future.done():  # the publisher may have been cancelled (client went away)
+        future.set_result(failed)
 
 
 def _consume_result(future: asyncio.Future[object]) -> None:
