@@ -65,29 +65,17 @@ class AppState:
         The payload is what the client sent (never the client's address),
         truncated to keep one hostile request from filling the topic.
         """
-        body = orjson.dumps(
-            {
-                "reason": error.reason,
-                "field": error.field,
-                "message": error.message,
-                "source": source,
-                "received_at": received_ms,
-                "payload": payload,
-            },
-            default=str,
-        )
+        envelope = {
+            "reason": error.reason,
+            "field": error.field,
+            "message": error.message,
+            "source": source,
+            "received_at": received_ms,
+        }
+        body = orjson.dumps({**envelope, "payload": payload}, default=str)
         if len(body) > DLQ_PAYLOAD_MAX_CHARS:
-            body = orjson.dumps(
-                {
-                    "reason": error.reason,
-                    "field": error.field,
-                    "message": error.message,
-                    "source": source,
-                    "received_at": received_ms,
-                    "truncated": True,
-                    "payload": body[:DLQ_PAYLOAD_MAX_CHARS].decode("utf-8", "replace"),
-                }
-            )
+            excerpt = body[:DLQ_PAYLOAD_MAX_CHARS].decode("utf-8", "replace")
+            body = orjson.dumps({**envelope, "truncated": True, "payload": excerpt})
         key = campaign.encode() if campaign else None
         self.require_bus().publish_nowait(Record(self.settings.kafka.dlq_topic, key, body))
         self.metrics.count_dlq(error.reason)

@@ -144,9 +144,9 @@ async def pixel(
     ts: Annotated[str | None, Query(description="client time, ms since the epoch")] = None,
     u: Annotated[str | None, Query(description="page URL")] = None,
 ) -> Response:
-    """Always answers the GIF; bad events go to the DLQ. Normally served by the
-    ASGI fast path before routing; this route documents it and serves it when
-    the app is mounted without that middleware."""
+    """Always answers the GIF; bad events go to the DLQ. Normally answered by
+    ``PixelFastPath`` in front of the app; this route documents it and serves
+    it when the app runs without that wrapper."""
     track_pixel(state, request.scope)
     body = b"" if request.method == "HEAD" else PIXEL_GIF
     return Response(body, headers=PIXEL_HEADER_MAP)
