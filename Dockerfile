@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
-# One image for every role; the command picks it: serve (default), and the
-# subcommands later issues add (consume <name>, migrate, up).
+# One image for every role; the command picks it: serve (default), migrate,
+# up, bench, and the subcommands later issues add (consume <name>).
 
 FROM python:3.11-slim-bookworm AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
@@ -16,9 +16,11 @@ RUN python -m pip install --upgrade pip && python -m pip install .
 FROM python:3.11-slim-bookworm
 RUN useradd --system --uid 10001 --create-home --home-dir /var/lib/viraltrace viraltrace
 COPY --from=build /opt/venv /opt/venv
+COPY migrations /opt/viraltrace/migrations
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     VIRALTRACE_DATA_DIR=/var/lib/viraltrace \
+    VIRALTRACE_CLICKHOUSE_MIGRATIONS_DIR=/opt/viraltrace/migrations/clickhouse \
     VIRALTRACE_SERVER_HOST=0.0.0.0 \
     VIRALTRACE_SERVER_PORT=8000
 USER viraltrace

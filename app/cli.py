@@ -83,6 +83,29 @@ def up(
 
 
 @cli.command()
+def migrate() -> None:
+    """Apply pending ClickHouse migrations (idempotent; run it before starting consumers)."""
+    from app.storage.clickhouse import ClickHouse, StorageError
+    from app.storage.migrate import MIGRATIONS_DIR
+    from app.storage.migrate import migrate as apply_migrations
+
+    settings = Settings()
+    directory = settings.clickhouse.migrations_dir or MIGRATIONS_DIR
+    try:
+        with ClickHouse(settings.clickhouse_dsn) as clickhouse:
+            applied = apply_migrations(
+                clickhouse, directory, settings_ttl_days=settings.clickhouse.events_ttl_days
+            )
+    except StorageError as exc:
+        typer.echo(f"migrate failed: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    if applied:
+        typer.echo("applied: " + ", ".join(applied))
+    else:
+        typer.echo("ClickHouse schema is up to date")
+
+
+@cli.command()
 def schema() -> None:
     """Print the JSON Schema of event v1 (the wire contract on the share-events topic)."""
     from app.events import EventV1

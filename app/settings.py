@@ -114,6 +114,21 @@ class ClickHouseSettings(BaseModel):
 
     dsn: str | None = None
     events_ttl_days: int = Field(400, ge=1)
+    # None: the repository's migrations/clickhouse (the image sets its own copy).
+    migrations_dir: Path | None = None
+
+
+class ConsumerSettings(BaseModel):
+    """Shared consumer plumbing: batching, commit and retry (see consumers/)."""
+
+    group_prefix: str = "viraltrace"
+    # A batch is written when it holds this many records or is this old, whichever first.
+    batch_max_records: int = Field(10_000, ge=1)
+    batch_max_seconds: float = Field(1.0, gt=0, le=60)
+    max_poll_records: int = Field(5_000, ge=1)
+    # Backoff while a write keeps failing (ClickHouse down): partitions stay paused.
+    retry_initial_s: float = Field(0.5, gt=0)
+    retry_max_s: float = Field(30.0, gt=0)
 
 
 class DatabaseSettings(BaseModel):
@@ -152,6 +167,7 @@ class Settings(BaseSettings):
     tracking: TrackingSettings = Field(default_factory=TrackingSettings)
     clickhouse: ClickHouseSettings = Field(default_factory=ClickHouseSettings)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    consumer: ConsumerSettings = Field(default_factory=ConsumerSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
 
     @model_validator(mode="after")
@@ -180,3 +196,8 @@ class Settings(BaseSettings):
     @property
     def spool_dir(self) -> Path:
         return self.spool.dir or self.data_dir / "spool"
+
+    @property
+    def clickhouse_dsn(self) -> str:
+        """The configured DSN, else the embedded engine under the data directory."""
+        return self.clickhouse.dsn or f"chdb://{(self.data_dir / 'clickhouse').resolve()}"

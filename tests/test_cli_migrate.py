@@ -1,0 +1,44 @@
+"""`viraltrace migrate` against the real embedded ClickHouse engine."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from app.cli import cli
+
+pytestmark = pytest.mark.clickhouse
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_migrate_applies_once_then_reports_up_to_date(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VIRALTRACE_DATA_DIR", str(tmp_path))
+    runner = CliRunner()
+    first = runner.invoke(cli, ["migrate"])
+    assert first.exit_code == 0, first.output
+    assert first.output.strip() == "applied: 0001_events, 0002_events_dlq, 0003_rollups"
+    second = runner.invoke(cli, ["migrate"])
+    assert second.exit_code == 0, second.output
+    assert "up to date" in second.output
+    assert (tmp_path / "clickhouse").is_dir()
+
+
+def test_migrate_refuses_an_edited_applied_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    migrations = tmp_path / "migrations"
+    shutil.copytree(REPO / "migrations", migrations)
+    monkeypatch.setenv("VIRALTRACE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("VIRALTRACE_CLICKHOUSE_MIGRATIONS_DIR", str(migrations / "clickhouse"))
+    runner = CliRunner()
+    assert runner.invoke(cli, ["migrate"]).exit_code == 0
+    events = migrations / "clickhouse" / "0001_events.sql"
+    events.write_text(events.read_text() + "\n-- edited after it was applied\n")
+    refused = runner.invoke(cli, ["migrate"])
+    assert refused.exit_code == 1
+    assert "0001_events" in refused.output and "changed" in refused.output.lower()
