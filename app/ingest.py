@@ -45,7 +45,7 @@ from app.events import (
     resolve_token,
 )
 from app.state import AppState, now_ms
-from app.tokens import ShareToken
+from app.tokens import ShareToken, TokenError
 
 log = logging.getLogger(__name__)
 
@@ -135,9 +135,12 @@ class EventStages:
         if hit.event_type == "share":
             parent = hit.parent = hit.token
             signer = state.signer
-            hit.token = (
-                signer.mint_child(parent) if parent else signer.mint_root(hit.event.campaign)
-            )
+            try:
+                hit.token = (
+                    signer.mint_child(parent) if parent else signer.mint_root(hit.event.campaign)
+                )
+            except TokenError as exc:  # too deep to extend
+                raise InvalidEvent("bad_token", "token", f"{exc.reason}: {exc}") from None
 
     def _serialize(self, hits: list[Hit]) -> tuple[list[Record], dict[str, int], dict[str, int]]:
         topic, dumps, source = self._state.topic, orjson.dumps, self._source
@@ -206,9 +209,16 @@ class PixelIngest:
             batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
             try:
                 self._process(batch)
-            except Exception:  # a bug must not wedge the pixel: log, count, go on
-                log.exception("pixel batch of %s hits failed", len(batch))
-                self._state.metrics.count_ingest("invalid", "dropped", len(batch))
+            except Exception:
+                # A bug must not wedge the pixel, nor cost every hit of the batch:
+                # retry hit by hit, so only the hit that triggers it is lost (and counted).
+                log.exception("pixel batch of %s hits failed; retrying one by one", len(batch))
+                for hit in batch:
+                    try:
+                        self._process([hit])
+                    except Exception:
+                        log.exception("pixel hit dropped")
+                        self._state.metrics.count_ingest("invalid", "dropped")
 
     def _process(self, batch: list[Hit]) -> None:
         state = self._state

@@ -393,7 +393,8 @@ async def test_events_schema_valid_batch_still_checks_tokens_and_times(cfg: Any)
         body = resp.json()
         assert body["accepted"] == 2
         assert [(r["index"], r["reason"]) for r in body["rejected"]] == [
-            (1, "bad_token"), (2, "bad_ts"),
+            (1, "bad_token"),
+            (2, "bad_ts"),
         ]
         dead = dead_letters(app)
         assert [d["payload"]["token"] for d in dead] == ["B" * 40, None]
@@ -477,3 +478,53 @@ async def test_health_and_readiness(cfg: Any) -> None:
         assert (await client.get("/healthz")).json() == {"status": "ok"}
         ready = await client.get("/readyz")
         assert ready.status_code == 200 and ready.json()["status"] == "ready"
+
+
+async def test_share_from_a_token_at_the_depth_limit_is_refused_not_a_crash(cfg: Any) -> None:
+    from app.tokens import MAX_DEPTH
+
+    async with running_app(cfg) as (app, client):
+        signer = signer_of(app)
+        root = signer.mint_root("spring")
+        deepest = signer._encode(root.root, 12345, MAX_DEPTH, "spring")  # noqa: SLF001
+        resp = await client.post("/v1/events", json=[ev(type="share", token=deepest.raw), ev()])
+        assert resp.status_code == 202
+        assert resp.json()["rejected"][0]["reason"] == "bad_token"
+        await client.get("/p.gif", params={"c": "spring", "e": "share", "t": deepest.raw})
+        await client.get("/p.gif", params={"c": "spring"})
+        # The pixel's batch lost nothing but the refused hit.
+        assert [e["type"] for e in events(app)] == ["view", "view"]
+        assert [d["reason"] for d in dead_letters(app)] == ["bad_token", "bad_token"]
+
+
+async def test_an_unexpected_error_costs_one_pixel_hit_not_the_batch(
+    cfg: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with running_app(cfg) as (app, _):
+        enricher = app.state.vt.enricher
+        real = enricher.from_scope
+
+        def flaky(scope: Any, campaign: str) -> Any:
+            if campaign == "boom":
+                raise RuntimeError("bug")
+            return real(scope, campaign)
+
+        monkeypatch.setattr(enricher, "from_scope", flaky)
+        pixels = app.state.vt.require_pixels()
+        # Three hits submitted in one loop turn form one batch, as under load.
+        for campaign in (b"spring", b"boom", b"spring"):
+            pixels.submit(
+                {
+                    "type": "http",
+                    "method": "GET",
+                    "path": "/p.gif",
+                    "headers": [],
+                    "query_string": b"c=" + campaign,
+                    "client": ("198.51.100.1", 1),
+                }
+            )
+        assert [e["campaign"] for e in events(app)] == ["spring", "spring"]
+        dropped = app.state.vt.metrics.registry.get_sample_value(
+            "viraltrace_ingest_events_total", {"type": "invalid", "outcome": "dropped"}
+        )
+        assert dropped == 1
