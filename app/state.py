@@ -81,7 +81,9 @@ class AppState:
         self.metrics.count_dlq(error.reason)
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:
+    # async on purpose: FastAPI runs a plain ``def`` dependency in its thread
+    # pool, a thread hop on every request.
     state: AppState = request.app.state.vt
     return state
 

@@ -114,7 +114,10 @@ async def pixel(
 ) -> Response:
     received = now_ms()
     tracking = state.settings.tracking
-    event = EventIn(type=e, campaign=c, token=t, channel=ch, event_id=eid, ts=ts, url=u)
+    event = EventIn(
+        type=e, campaign=c, token=t, channel=ch, event_id=None if eid is None else str(eid),
+        ts=ts, url=u,
+    )
     try:
         if state.ip_buckets.take(state.enricher.client_ip(request.scope)) or (
             state.campaign_buckets.take(c)

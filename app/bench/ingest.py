@@ -178,6 +178,7 @@ class RunResult:
     server_cpu_pct: float = 0.0  # the server's processes, of one core (they are on CPU 0 only)
     server_cpu_busy_pct: float = 0.0  # whole CPU 0, any process (the machine is shared)
     server_cpu_steal_pct: float = 0.0
+    broker_cpu_pct: float = 0.0  # the bench's Kafka broker (on CPU 1), of one core
     load_cpu_busy_pct: float = 0.0  # whole CPU 1
     disturbed: bool = False  # CPU 0 did much other work meanwhile: rerun on a quiet machine
     discarded: bool = False  # a disturbed attempt that was retried; not in the medians
@@ -199,6 +200,7 @@ class Fixture:
     post_script: Path
     project_root: Path
     kafka: str | None = None  # bootstrap of the bench's broker, when a Kafka variant runs
+    broker_pgid: int | None = None  # its process group: its CPU on CPU 1 is ours, not noise
 
 
 # -- wrk -----------------------------------------------------------------------
@@ -252,6 +254,7 @@ class WrkOutput:
     non_2xx_text: int
     wrk_cpu_s: float
     server_cpu_s: float
+    broker_cpu_s: float
     cpu: dict[int, tuple[float, float]]  # cpu -> (busy %, steal %)
 
 
@@ -286,7 +289,8 @@ def _group_cpu_s(pgid: int) -> float:
 
 
 def _run_wrk(
-    url: str, script: Path, threads: int, connections: int, seconds: int, server_pgid: int
+    url: str, script: Path, threads: int, connections: int, seconds: int, server_pgid: int,
+    broker_pgid: int | None = None,
 ) -> WrkOutput:
     argv = [
         "taskset", "-c", str(LOAD_CPU), "wrk", f"-t{threads}", f"-c{connections}",
@@ -295,8 +299,10 @@ def _run_wrk(
     before_usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     before_cpu = _cpu_times()
     before_server = _group_cpu_s(server_pgid)
+    before_broker = _group_cpu_s(broker_pgid) if broker_pgid else 0.0
     done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, check=False)
     after_server = _group_cpu_s(server_pgid)
+    after_broker = _group_cpu_s(broker_pgid) if broker_pgid else 0.0
     after_cpu = _cpu_times()
     after_usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
@@ -321,7 +327,8 @@ def _run_wrk(
         before_usage.ru_utime + before_usage.ru_stime
     )
     return WrkOutput(
-        stats, int(match[1]) if match else 0, wrk_cpu, after_server - before_server, cpu
+        stats, int(match[1]) if match else 0, wrk_cpu, after_server - before_server,
+        after_broker - before_broker, cpu,
     )
 
 
@@ -547,6 +554,21 @@ def _counters(port: int) -> tuple[int, int]:
     return int(accepted), int(dlq)
 
 
+def _sample_answer(variant: Variant, fixture: Fixture, port: int) -> str:
+    """Status and start of the body of one more request, for an error report."""
+    try:
+        if variant.endpoint == "pixel":
+            status, _, body = _request(port, "GET", fixture.pixel_path)
+        else:
+            status, _, body = _request(
+                port, "POST", "/v1/events", fixture.events_body,
+                {"Content-Type": "application/json"},
+            )
+    except (OSError, http.client.HTTPException) as exc:
+        return f"failed ({exc})"
+    return f"{status} {body[:300]!r}"
+
+
 def _check_answer(variant: Variant, fixture: Fixture, port: int) -> None:
     """One request before measuring: the right answer, and (apps) the event on the bus."""
     counts_before = _counters(port) if variant.app != "nginx" else (0, 0)
@@ -588,7 +610,7 @@ def _check_answer(variant: Variant, fixture: Fixture, port: int) -> None:
 def _other_work(result: RunResult) -> float:
     """How much of the run's CPUs went to other work (percent of a core, the worse CPU)."""
     return max(result.server_cpu_busy_pct - result.server_cpu_pct,
-               result.load_cpu_busy_pct - result.wrk_cpu_pct)
+               result.load_cpu_busy_pct - result.wrk_cpu_pct - result.broker_cpu_pct)
 
 
 def _wait_quiet(console: Console, max_wait_s: float) -> None:
@@ -628,13 +650,14 @@ def _measure(
     path = fixture.pixel_path if variant.endpoint == "pixel" else "/v1/events"
     script = fixture.get_script if variant.endpoint == "pixel" else fixture.post_script
     url = f"http://{HOST}:{port}{path}"
+    broker = fixture.broker_pgid
     with _server(argv, env, cwd, log) as proc:
         _wait_ready(proc, port, log)
         _check_answer(variant, fixture, port)
         if warmup > 0:
-            warm = _run_wrk(url, script, threads, connections, warmup, proc.pid)
+            warm = _run_wrk(url, script, threads, connections, warmup, proc.pid, broker)
             result.warmup_rps = warm.stats["requests"] / (warm.stats["duration_us"] / 1e6)
-        out = _run_wrk(url, script, threads, connections, duration, proc.pid)
+        out = _run_wrk(url, script, threads, connections, duration, proc.pid, broker)
         if proc.poll() is not None:
             raise BenchError(f"server died during the run:\n{_log_tail(log)}")
         stats = out.stats
@@ -655,16 +678,21 @@ def _measure(
         result.server_cpu_pct = (
             100.0 * out.server_cpu_s / result.duration_s if result.duration_s else 0
         )
+        result.broker_cpu_pct = (
+            100.0 * out.broker_cpu_s / result.duration_s if result.duration_s else 0
+        )
         result.server_cpu_busy_pct, result.server_cpu_steal_pct = out.cpu[SERVER_CPU]
         result.load_cpu_busy_pct = out.cpu[LOAD_CPU][0]
         result.disturbed = _other_work(result) > DISTURBED_OTHER_CPU_PCT
         if variant.app != "nginx":
             result.accepted_events, result.dlq_events = _counters(port)
+        sample = _sample_answer(variant, fixture, port) if result.non_2xx else ""
     # Measured but wrong: keep the numbers, fail the variant.
     per_request = EVENTS_PER_REQUEST if variant.endpoint == "events" else 1
     if result.non_2xx:
+        # Error answers are often not logged (HTTPException): show one, and the log.
         result.error = (f"{result.non_2xx} error responses (status >= 400) during the run; "
-                        f"server log:\n{_log_tail(log)}")
+                        f"one request right after: {sample}; server log:\n{_log_tail(log)}")
     elif result.dlq_events:
         result.error = f"{result.dlq_events} events went to the DLQ during the run"
     elif result.accepted_events is not None and result.accepted_events < (
@@ -681,7 +709,8 @@ def _measure(
         console.print(
             f"  [yellow]disturbed: CPU 0 {result.server_cpu_busy_pct:.0f}% busy of which the "
             f"server {result.server_cpu_pct:.0f}%, CPU 1 {result.load_cpu_busy_pct:.0f}% busy "
-            f"of which wrk {result.wrk_cpu_pct:.0f}%[/yellow]"
+            f"of which wrk {result.wrk_cpu_pct:.0f}% and the broker "
+            f"{result.broker_cpu_pct:.0f}%[/yellow]"
         )
     result.ok = True
     return result
@@ -880,7 +909,7 @@ def ingest(
         fixture = _fixture(tmp)
         if any(v.bus == "kafka" for v in variants):
             broker, bootstrap = _start_broker(tmp)
-            fixture = replace(fixture, kafka=bootstrap)
+            fixture = replace(fixture, kafka=bootstrap, broker_pgid=broker.pid)
         console.print(
             f"[bold]viraltrace bench ingest[/bold]: {len(variants)} variants x {rounds} "
             f"round(s), wrk -t{threads} -c{connections}, {warmup} s warm-up + {duration} s; "
