@@ -32,7 +32,6 @@ import orjson
 from fastapi import APIRouter, Body, Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel
 
 from app.bus.base import BusUnavailable, Record
 from app.enrich import ClientInfo
@@ -50,6 +49,7 @@ from app.events import (
 )
 from app.main import build_bus, create_app
 from app.pixel import PIXEL_GIF, PIXEL_HEADER_MAP
+from app.routes.tracking import EventsAccepted, Rejection
 from app.settings import Settings
 from app.state import AppState, now_ms
 from app.tokens import ShareToken, TokenError
@@ -68,18 +68,6 @@ async def get_state(request: Request) -> AppState:
 
 
 StateDep = Annotated[AppState, Depends(get_state)]
-
-
-class Rejection(BaseModel):
-    index: int
-    reason: str
-    field: str | None
-    message: str
-
-
-class EventsAccepted(BaseModel):
-    accepted: int
-    rejected: list[Rejection]
 
 
 def _gif() -> Response:
