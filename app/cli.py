@@ -10,9 +10,12 @@ import typer
 
 from app.bench import bench
 from app.settings import Settings
+from app.storage.clickhouse import StorageError, redact_dsn
+from consumers.cli import consume_app
 
 cli = typer.Typer(help="viraltrace: live share-cascade tracking.", no_args_is_help=True)
 cli.add_typer(bench, name="bench", help="Benchmarks (rerunnable; see docs/benchmarks.md).")
+cli.add_typer(consume_app, name="consume", help="Run a Kafka consumer (its own process).")
 
 
 @cli.command()
@@ -61,41 +64,43 @@ def up(
 
     The bus is the in-process one unless VIRALTRACE_KAFKA_BOOTSTRAP is set.
     """
-    import uvicorn
+    import asyncio
 
+    from app.embedded import Embedded, ensure_read_key
     from app.logs import configure_logging
-    from app.main import create_asgi
 
     settings = Settings() if data_dir is None else Settings(data_dir=data_dir)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings, read_key = ensure_read_key(settings)
     configure_logging(settings.server.log_level)
     bus = f"Kafka at {settings.kafka.bootstrap}" if settings.kafka.bootstrap else "in-process bus"
     base = f"http://{host}:{port}"
-    typer.echo(f"viraltrace up: {bus}, data in {settings.data_dir.resolve()}")
-    typer.echo(f"  pixel   {base}/p.gif?c=<campaign>")
-    typer.echo(f"  events  {base}/v1/events   shares {base}/v1/shares")
-    typer.echo(f"  health  {base}/healthz     metrics {base}/metrics   docs {base}/docs")
+    typer.echo(f"viraltrace up: {bus}, ClickHouse {redact_dsn(settings.clickhouse_dsn)}")
+    typer.echo(f"  data     {settings.data_dir.resolve()}")
+    typer.echo(f"  pixel    {base}/p.gif?c=<campaign>")
+    typer.echo(f"  events   {base}/v1/events   shares {base}/v1/shares")
+    typer.echo(f"  summary  {base}/v1/campaigns/<campaign>/summary")
+    if read_key is not None:
+        typer.echo(f"  read key {read_key}   (from {settings.data_dir / 'read-key'})")
+    typer.echo(f"  health   {base}/healthz     metrics {base}/metrics   docs {base}/docs")
     typer.echo("Ctrl-C stops it.")
-    uvicorn.run(
-        create_asgi(settings), host=host, port=port, access_log=False, log_config=None,
-        lifespan="on",
-    )
+    try:
+        asyncio.run(Embedded(settings, host, port).run())
+    except StorageError as exc:
+        typer.echo(f"up failed: {exc}", err=True)
+        raise typer.Exit(1) from exc
 
 
 @cli.command()
 def migrate() -> None:
     """Apply pending ClickHouse migrations (idempotent; run it before starting consumers)."""
-    from app.storage.clickhouse import ClickHouse, StorageError
-    from app.storage.migrate import MIGRATIONS_DIR
-    from app.storage.migrate import migrate as apply_migrations
+    from app.embedded import apply_migrations
+    from app.storage.clickhouse import ClickHouse
 
     settings = Settings()
-    directory = settings.clickhouse.migrations_dir or MIGRATIONS_DIR
     try:
         with ClickHouse(settings.clickhouse_dsn) as clickhouse:
-            applied = apply_migrations(
-                clickhouse, directory, settings_ttl_days=settings.clickhouse.events_ttl_days
-            )
+            applied = apply_migrations(settings, clickhouse)
     except StorageError as exc:
         typer.echo(f"migrate failed: {exc}", err=True)
         raise typer.Exit(1) from exc

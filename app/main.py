@@ -8,6 +8,7 @@ by name: it is the one place that builds ``Settings`` for a server process.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -23,9 +24,10 @@ from app.links import LinkRegistry
 from app.metrics import ApiMetrics
 from app.pixel import PixelFastPath
 from app.ratelimit import TokenBuckets
-from app.routes import tracking
+from app.routes import query, tracking
 from app.settings import Settings
 from app.state import AppState
+from app.storage.clickhouse import ClickHouse
 from app.tokens import TokenSigner
 
 
@@ -64,21 +66,31 @@ def open_worker_spool(settings: Settings) -> Spool:
     raise RuntimeError(f"all {MAX_SPOOL_SLOTS} spool slots under {settings.spool_dir} are in use")
 
 
-def create_app(settings: Settings, bus: Bus | None = None) -> FastAPI:
+def create_app(
+    settings: Settings,
+    bus: Bus | None = None,
+    clickhouse: ClickHouse | None = None,
+    metrics: ApiMetrics | None = None,
+) -> FastAPI:
     """Builds the FastAPI app; ``create_asgi`` wraps it for serving.
 
     ``bus`` overrides the one the settings select (tests, embedded mode);
-    the app starts and stops whichever bus it ends up with.
+    the app starts and stops whichever bus it ends up with. ``clickhouse``
+    is the query API's reader (embedded mode; the caller closes it); without
+    it, one is opened on first use for an ``http(s)://`` DSN and closed at
+    shutdown. ``metrics`` lets the embedded mode share the registry with its
+    consumers (one ``/metrics``).
     """
     tracking_settings = settings.tracking
     signer = TokenSigner.from_settings(tracking_settings)
-    metrics = ApiMetrics()
+    metrics = metrics or ApiMetrics()
     state = AppState(
         settings=settings,
         signer=signer,
         enricher=Enricher(tracking_settings),
         links=LinkRegistry.load(tracking_settings.links_file, signer),
         metrics=metrics,
+        clickhouse=clickhouse,
         ip_buckets=TokenBuckets(
             tracking_settings.rate_ip_per_s,
             tracking_settings.rate_ip_burst,
@@ -101,6 +113,8 @@ def create_app(settings: Settings, bus: Bus | None = None) -> FastAPI:
         finally:
             state.pixels.drain()  # hits accepted before shutdown still reach the bus
             await state.bus.stop()
+            if state.clickhouse is not None and state.clickhouse is not clickhouse:
+                await asyncio.to_thread(state.clickhouse.close)
 
     app = FastAPI(
         title="viraltrace",
@@ -111,6 +125,7 @@ def create_app(settings: Settings, bus: Bus | None = None) -> FastAPI:
     app.state.vt = state
     install_error_handlers(app)
     app.include_router(tracking.router)
+    app.include_router(query.router)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=tracking_settings.cors_origins,
@@ -121,9 +136,14 @@ def create_app(settings: Settings, bus: Bus | None = None) -> FastAPI:
     return app
 
 
-def create_asgi(settings: Settings, bus: Bus | None = None) -> PixelFastPath:
+def create_asgi(
+    settings: Settings,
+    bus: Bus | None = None,
+    clickhouse: ClickHouse | None = None,
+    metrics: ApiMetrics | None = None,
+) -> PixelFastPath:
     """What servers run: the app behind the pixel fast path (``app.pixel``)."""
-    return PixelFastPath(create_app(settings, bus=bus))
+    return PixelFastPath(create_app(settings, bus=bus, clickhouse=clickhouse, metrics=metrics))
 
 
 def app_from_env() -> PixelFastPath:

@@ -141,6 +141,33 @@ class DatabaseSettings(BaseModel):
     url: str | None = None
 
 
+class QuerySettings(BaseModel):
+    """The read API (``/v1/campaigns/...``).
+
+    ``read_keys`` are bearer keys allowed to read every campaign, until the
+    control plane's scoped API keys exist. Comma-separated in the
+    environment. ``viraltrace up`` makes one under the data directory when
+    none is set.
+    """
+
+    read_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+
+    @field_validator("read_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("read_keys")
+    @classmethod
+    def _long_enough(cls, value: list[SecretStr]) -> list[SecretStr]:
+        for key in value:
+            if len(key.get_secret_value()) < 16:
+                raise ValueError("a read key has at least 16 characters")
+        return value
+
+
 class ServerSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65_535)
@@ -168,6 +195,7 @@ class Settings(BaseSettings):
     clickhouse: ClickHouseSettings = Field(default_factory=ClickHouseSettings)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     consumer: ConsumerSettings = Field(default_factory=ConsumerSettings)
+    query: QuerySettings = Field(default_factory=QuerySettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
 
     @model_validator(mode="after")

@@ -17,6 +17,7 @@ from app.links import LinkRegistry
 from app.metrics import ApiMetrics
 from app.ratelimit import TokenBuckets
 from app.settings import Settings
+from app.storage.clickhouse import ClickHouse
 from app.tokens import TokenSigner
 
 if TYPE_CHECKING:
@@ -36,6 +37,8 @@ class AppState:
     campaign_buckets: TokenBuckets
     bus: Bus | None = None
     pixels: PixelIngest | None = None
+    # Reads for the query API (app.routes.query); owned by whoever set it.
+    clickhouse: ClickHouse | None = None
     started_at: float = field(default_factory=time.time)
 
     @property

@@ -14,6 +14,7 @@ from app.bus.base import Bus
 from app.bus.memory import MemoryBus
 from app.main import create_asgi
 from app.settings import Settings
+from app.storage.clickhouse import ClickHouse
 
 CLIENT_ADDR = ("203.0.113.9", 4321)
 CHROME = (
@@ -24,9 +25,9 @@ CHROME = (
 
 @asynccontextmanager
 async def running_app(
-    settings: Settings, bus: Bus | None = None
+    settings: Settings, bus: Bus | None = None, clickhouse: ClickHouse | None = None
 ) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
-    asgi = create_asgi(settings, bus=bus)
+    asgi = create_asgi(settings, bus=bus, clickhouse=clickhouse)
     app = asgi.app
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=asgi, client=CLIENT_ADDR)

@@ -12,11 +12,14 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from app.settings import Settings
+
+if TYPE_CHECKING:
+    from app.storage.clickhouse import ClickHouse
 
 BROKERS = {
     "noida": ("VIRALTRACE_TEST_KAFKA_NOIDA", True),  # (env var, idempotence supported)
@@ -78,3 +81,37 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
 @pytest.fixture
 def settings(tmp_path: Path) -> Iterator[Settings]:
     yield make_settings(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The module's chdb DSN; this client keeps the engine up between tests.
+
+    chdb hosts one engine path per process at a time, so a module shares one
+    data directory and each test gets a database of its own (``ch``).
+    """
+    from app.storage.clickhouse import ClickHouse
+
+    path = tmp_path_factory.mktemp("chdb") / "not" / "yet" / "there"
+    dsn = f"chdb://{path}"
+    with ClickHouse(dsn):
+        assert path.is_dir()
+        yield dsn
+
+
+@pytest.fixture
+def ch(engine: str, unique: str) -> Iterator[ClickHouse]:
+    """A client on a fresh database of its own."""
+    from app.storage.clickhouse import ClickHouse
+
+    with ClickHouse(engine, database=f"t_{unique}", create_database=True) as client:
+        yield client
+
+
+@pytest.fixture
+def migrated(ch: ClickHouse) -> ClickHouse:
+    """``ch`` with every migration applied (events TTL 400 days)."""
+    from app.storage.migrate import MIGRATIONS_DIR, migrate
+
+    migrate(ch, MIGRATIONS_DIR, settings_ttl_days=400)
+    return ch

@@ -94,9 +94,12 @@ class NoidaBroker:
 
 
 class ApiProcess:
-    """``viraltrace serve`` as a subprocess."""
+    """``viraltrace serve`` (or ``args``, e.g. ``("up", "--data-dir", D)``) as a subprocess."""
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    def __init__(
+        self, env: dict[str, str], log_path: Path, args: tuple[str, ...] = ("serve",)
+    ) -> None:
+        self.args = args
         self.port = free_port()
         self.env = {**os.environ, **env}
         self.log_path = log_path
@@ -109,7 +112,7 @@ class ApiProcess:
     def start(self) -> None:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "app.cli", "serve", "--port", str(self.port)],
+                [sys.executable, "-m", "app.cli", *self.args, "--port", str(self.port)],
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

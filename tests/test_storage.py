@@ -15,7 +15,6 @@ import socket
 import threading
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -227,29 +226,6 @@ def test_unreachable_server_is_retriable() -> None:
 
 
 # ---- against the engine (chdb) -------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The module's chdb DSN; this client keeps the engine up between tests."""
-    path = tmp_path_factory.mktemp("chdb") / "not" / "yet" / "there"
-    dsn = f"chdb://{path}"
-    with ClickHouse(dsn):
-        assert path.is_dir()
-        yield dsn
-
-
-@pytest.fixture
-def ch(engine: str, unique: str) -> Iterator[ClickHouse]:
-    """A client on a fresh database of its own."""
-    with ClickHouse(engine, database=f"t_{unique}", create_database=True) as client:
-        yield client
-
-
-@pytest.fixture
-def migrated(ch: ClickHouse) -> ClickHouse:
-    migrate(ch, MIGRATIONS_DIR, settings_ttl_days=TTL_DAYS)
-    return ch
 
 
 def tables(ch: ClickHouse) -> list[str]:

@@ -9,10 +9,14 @@ from __future__ import annotations
 import typer
 
 from app.bench.ingest import ingest as _ingest
+from app.bench.sink import latency as _latency
+from app.bench.sink import sink as _sink
 
 bench = typer.Typer(
     help="Benchmarks (rerunnable; see docs/benchmarks.md).", no_args_is_help=True
 )
 bench.command("ingest")(_ingest)
+bench.command("sink")(_sink)
+bench.command("latency")(_latency)
 
 __all__ = ["bench"]
