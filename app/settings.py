@@ -123,7 +123,7 @@ class ConsumerSettings(BaseModel):
 
     group_prefix: str = "viraltrace"
     # A batch is written when it holds this many records or is this old, whichever first.
-    batch_max_records: int = Field(10_000, ge=1)
+    batch_max_records: int = Field(50_000, ge=1)
     batch_max_seconds: float = Field(1.0, gt=0, le=60)
     max_poll_records: int = Field(5_000, ge=1)
     # Backoff while a write keeps failing (ClickHouse down): partitions stay paused.

@@ -30,6 +30,7 @@ Delivery contract (at least once, commit last):
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
 import signal
@@ -270,6 +271,26 @@ class KafkaTransport:
         )
 
 
+def observe_many(histogram: Histogram, values: Sequence[float]) -> None:
+    """``histogram.observe(v)`` for every value, with one lock round per bucket.
+
+    Observing a 10k-row batch one value at a time cost about a tenth of the
+    sink's time. prometheus-client has no bulk observe, so this adds to the
+    child's bucket and sum values (internals of the pinned prometheus-client
+    0.26; tests check the exported counts equal the rows written).
+    """
+    if not values:
+        return
+    bounds = histogram._upper_bounds
+    counts = [0] * len(bounds)
+    for value in values:
+        counts[bisect.bisect_left(bounds, value)] += 1
+    for bucket, count in zip(histogram._buckets, counts, strict=True):
+        if count:
+            bucket.inc(count)
+    histogram._sum.inc(sum(values))
+
+
 class _RateLimitedLog:
     """At most one poison-message log line per ``interval_s``; counts the ones skipped."""
 
@@ -507,11 +528,13 @@ class ConsumerRunner:
 
     def _observe_end_to_end(self, rows: Sequence[Row]) -> None:
         now = now_ms()
-        child = self.metrics.end_to_end_seconds.labels(self.name)
-        for row in rows:
-            received = self.pipeline.received_ms(row)
-            if received is not None:
-                child.observe(max(0.0, (now - received) / 1000))
+        received_ms = self.pipeline.received_ms
+        seconds = [
+            max(0.0, (now - received) / 1000)
+            for received in map(received_ms, rows)
+            if received is not None
+        ]
+        observe_many(self.metrics.end_to_end_seconds.labels(self.name), seconds)
 
     async def _flush_until_written(
         self,

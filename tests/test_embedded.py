@@ -24,7 +24,7 @@ from consumers.base import ConsumerMetrics, run_all
 from consumers.sink.pipeline import EventsPipeline
 from consumers.sink.runner import sink_runners
 from tests.apphelpers import running_app
-from tests.conftest import make_settings
+from tests.conftest import make_settings, require_env
 from tests.procs import ApiProcess
 from tests.test_sink import check_counts, scalar, wait_for, workload
 
@@ -215,3 +215,49 @@ def test_up_refuses_a_bad_clickhouse_dsn_with_a_clear_message(tmp_path: Path) ->
     assert done.returncode == 1
     assert b"unsupported DSN scheme" in done.stderr
     assert b"Traceback" not in done.stderr
+
+
+@pytest.mark.kafka
+def test_up_with_kafka_bootstrap_uses_kafka(tmp_path: Path, unique: str) -> None:
+    """``up`` with VIRALTRACE_KAFKA_BOOTSTRAP: the same process, Kafka instead of the bus."""
+    from aiokafka import AIOKafkaConsumer
+
+    bootstrap = require_env("VIRALTRACE_TEST_KAFKA_NOIDA")
+    topic = f"up-{unique}"
+    env = {
+        **up_env(),
+        "VIRALTRACE_KAFKA_BOOTSTRAP": bootstrap,
+        "VIRALTRACE_KAFKA_TOPIC": topic,
+        "VIRALTRACE_KAFKA_DLQ_TOPIC": f"{topic}-dlq",
+        "VIRALTRACE_CONSUMER_GROUP_PREFIX": f"up-{unique}",
+    }
+    data_dir = tmp_path / "d"
+    api = ApiProcess(env, tmp_path / "up.log", args=("up", "--data-dir", str(data_dir)))
+    api.start()
+    try:
+        key = (data_dir / "read-key").read_text().strip()
+        auth = {"authorization": f"Bearer {key}"}
+        assert httpx.get(f"{api.url}/p.gif", params={"c": "kafka-up"}).status_code == 200
+        summary = f"{api.url}/v1/campaigns/kafka-up/summary"
+        deadline = time.monotonic() + 30  # the first group join takes a few seconds
+        views = 0
+        while views != 1 and time.monotonic() < deadline:
+            views = httpx.get(summary, headers=auth).json()["views"]
+            time.sleep(0.1)
+        assert views == 1
+    finally:
+        api.stop(signal.SIGINT)
+    assert "Traceback" not in (tmp_path / "up.log").read_text()
+
+    async def on_topic() -> int:
+        consumer = AIOKafkaConsumer(
+            topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest"
+        )
+        await consumer.start()
+        try:
+            got = await consumer.getmany(timeout_ms=5_000)
+            return sum(len(batch) for batch in got.values())
+        finally:
+            await consumer.stop()
+
+    assert asyncio.run(on_topic()) == 1  # the event went through Kafka

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-import uuid
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,13 +21,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from prometheus_client import CollectorRegistry
 
-from app.events import EventV1
 from app.settings import Settings
 from app.storage.clickhouse import ClickHouse, StorageError
 from consumers.base import ConsumerMetrics, ConsumerRunner, KafkaTransport, Record, Row, run_all
 from consumers.sink.pipeline import EventsPipeline
 from consumers.sink.runner import run_sink, sink_runners
 from tests.conftest import make_settings, require_env
+from tests.test_storage import make_event as storage_event
 
 pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse]
 
@@ -73,36 +72,9 @@ async def create_topics(settings: Settings) -> None:
 
 
 def make_event(rng: random.Random, base_ms: int) -> dict[str, Any]:
+    """A valid wire event (``test_storage.make_event``) from the last three hours before base_ms."""
     ts = base_ms - rng.randrange(0, 3 * 3_600_000)
-    event: dict[str, Any] = {
-        "v": 1,
-        "event_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
-        "type": rng.choice(TYPES),
-        "campaign": rng.choice(CAMPAIGNS),
-        "ts": ts,
-        "received_at": ts + rng.randrange(0, 500),
-        "source": "api",
-        "token": None,
-        "root": None,
-        "node": None,
-        "parent": None,
-        "depth": None,
-        "channel": rng.choice([None, "x", "email"]),
-        "url": "https://example.com/landing",
-        "text": None,
-        "value": None,
-        "reaction": None,
-        "preview_of": None,
-        "visitor": rng.choice([None, *(f"v{i:03d}" for i in range(40))]),
-        "country": rng.choice([None, "FR", "DE"]),
-        "bot": False,
-        "browser": "Firefox",
-        "os": "Linux",
-        "device": "Other",
-        "privacy": None,
-    }
-    EventV1.model_validate(event)
-    return event
+    return storage_event(rng, ts=ts, received_at=ts + rng.randrange(0, 500))
 
 
 async def produce(

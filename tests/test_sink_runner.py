@@ -268,3 +268,30 @@ def test_consume_cli_has_the_sink_command() -> None:
     result = CliRunner().invoke(consume_app, ["sink", "--help"])
     assert result.exit_code == 0, result.output
     assert "ClickHouse" in result.output
+
+
+def test_observe_many_matches_one_observe_per_value() -> None:
+    from prometheus_client import Histogram
+
+    from consumers.base import observe_many
+
+    registry = CollectorRegistry()
+    bulk = Histogram("bulk", "", buckets=(0.1, 1.0), registry=registry)
+    single = Histogram("single", "", buckets=(0.1, 1.0), registry=registry)
+    values = [0.05, 0.1, 0.5, 1.0, 2.0, 0.0, 30.0]
+    observe_many(bulk, values)
+    observe_many(bulk, [])
+    for value in values:
+        single.observe(value)
+
+    def samples(name: str) -> list[tuple[str, dict[str, str], float]]:
+        return [
+            (s.name.removeprefix(name), s.labels, s.value)
+            for family in registry.collect()
+            if family.name == name
+            for s in family.samples
+            if not s.name.endswith("_created")
+        ]
+
+    assert samples("bulk") == samples("single")
+    assert registry.get_sample_value("bulk_count") == len(values)

@@ -13,6 +13,7 @@ import random
 import shutil
 import socket
 import threading
+import time
 import uuid
 from collections import defaultdict
 from datetime import UTC, datetime
@@ -38,13 +39,17 @@ from app.storage.migrate import (
     split_statements,
     substitute,
 )
+from consumers.sink.pipeline import DLQ_COLUMNS
 
 REPO = Path(__file__).resolve().parents[1]
 TTL_DAYS = 400
 EVENT_FIELDS = list(EventV1.model_fields)
 EVENT_COLUMNS = [*EVENT_FIELDS, "_topic", "_partition", "_offset"]
 LATEST = sorted(p.stem for p in MIGRATIONS_DIR.glob("*.sql"))
-BASE_MS = 1_763_000_000_000  # 2025-11-13, a fixed point so buckets are reproducible
+# A whole UTC day a week ago: bucket boundaries are reproducible, and the events
+# stay well inside the 400-day TTL (a fixed date would expire and be dropped).
+DAY_MS = 86_400_000
+BASE_MS = (time.time_ns() // 1_000_000 // DAY_MS - 7) * DAY_MS
 
 
 # ---- helpers -------------------------------------------------------------
@@ -329,17 +334,7 @@ def test_insert_with_dedup_token_twice_stores_once(migrated: ClickHouse) -> None
     assert ch.query_rows("SELECT uniqExactMerge(events) FROM events_per_minute") == [(10,)]
 
     # Plain MergeTree (the DLQ) deduplicates by token too.
-    dlq_columns = [
-        "reason",
-        "field",
-        "message",
-        "source",
-        "payload",
-        "topic",
-        "partition",
-        "offset",
-        "received_at",
-    ]
+    dlq_columns = DLQ_COLUMNS
     dlq = [["bad_ts", "ts", "too old", "pixel", "{}", "share-events-dlq", 3, 42, BASE_MS]]
     ch.insert("events_dlq", dlq, dlq_columns, dedup_token="share-events-dlq:3:42-42")
     ch.insert("events_dlq", dlq, dlq_columns, dedup_token="share-events-dlq:3:42-42")

@@ -124,7 +124,8 @@ async def _run_sink_once(
     task = asyncio.create_task(run_all(runners, stop))
     # The bus has no "caught up" event; the check is cheap and its interval
     # (1 ms) is far below the times measured.
-    while bus.lag(runners[0].group_id):  # noqa: ASYNC110
+    group = runners[0].group_id
+    while not bus.joined(group) or bus.lag(group):  # noqa: ASYNC110
         await asyncio.sleep(0.001)
     elapsed = time.perf_counter() - started
     stop.set()

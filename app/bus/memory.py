@@ -154,6 +154,10 @@ class MemoryBus:
         logs = self._logs.get(topic)
         return logs[partition].end if logs else 0
 
+    def joined(self, group: str) -> bool:
+        """True once a consumer of ``group`` has subscribed."""
+        return group in self._committed
+
     def lag(self, group: str) -> int:
         """Records the group has not committed yet, over the topics it subscribed to."""
         topics = self._committed.get(group, {})

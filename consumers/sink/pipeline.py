@@ -18,6 +18,7 @@ not a valid envelope is logged, counted and skipped (its offset committed).
 
 from __future__ import annotations
 
+import operator
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -120,10 +121,12 @@ def _insert_problem(event: EventV1) -> str | None:
     return None
 
 
+_event_fields = operator.attrgetter(*EVENT_FIELDS)
+
+
 def event_row(event: EventV1, topic: str, partition: int, offset: int) -> Row:
     """The ``events`` row in ``EVENT_COLUMNS`` order (wire values as they are)."""
-    values = event.__dict__
-    return (*(values[name] for name in EVENT_FIELDS), topic, partition, offset)
+    return (*_event_fields(event), topic, partition, offset)
 
 
 class EventsPipeline:
