@@ -21,6 +21,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     VIRALTRACE_DATA_DIR=/var/lib/viraltrace \
     VIRALTRACE_CLICKHOUSE_MIGRATIONS_DIR=/opt/viraltrace/migrations/clickhouse \
+    VIRALTRACE_DATABASE_MIGRATIONS_DIR=/opt/viraltrace/migrations/alembic \
     VIRALTRACE_SERVER_HOST=0.0.0.0 \
     VIRALTRACE_SERVER_PORT=8000
 USER viraltrace

@@ -93,11 +93,21 @@ def up(
 
 @cli.command()
 def migrate() -> None:
-    """Apply pending ClickHouse migrations (idempotent; run it before starting consumers)."""
-    from app.embedded import apply_migrations
+    """Apply pending migrations: ClickHouse, then the control-plane database (idempotent).
+
+    Run it before starting the API and the consumers; they never migrate by themselves.
+    """
+    import asyncio
+
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from app.db.session import database_url
+    from app.embedded import apply_database_migrations, apply_migrations
     from app.storage.clickhouse import ClickHouse
 
     settings = Settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
     try:
         with ClickHouse(settings.clickhouse_dsn) as clickhouse:
             applied = apply_migrations(settings, clickhouse)
@@ -105,9 +115,19 @@ def migrate() -> None:
         typer.echo(f"migrate failed: {exc}", err=True)
         raise typer.Exit(1) from exc
     if applied:
-        typer.echo("applied: " + ", ".join(applied))
+        typer.echo("ClickHouse applied: " + ", ".join(applied))
     else:
         typer.echo("ClickHouse schema is up to date")
+    url = make_url(database_url(settings)).render_as_string(hide_password=True)
+    try:
+        revisions = asyncio.run(apply_database_migrations(settings))
+    except (SQLAlchemyError, OSError) as exc:
+        typer.echo(f"migrate failed on {url}: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    if revisions:
+        typer.echo(f"database {url} applied: " + ", ".join(revisions))
+    else:
+        typer.echo(f"database {url} is up to date")
 
 
 @cli.command()

@@ -48,6 +48,14 @@ def apply_migrations(settings: Settings, clickhouse: ClickHouse) -> list[str]:
     )
 
 
+async def apply_database_migrations(settings: Settings) -> list[str]:
+    """Upgrade the control-plane database to head; returns the revisions applied."""
+    from app.db import migrate as alembic
+    from app.db.session import database_url
+
+    return await alembic.upgrade(database_url(settings), directory=settings.database.migrations_dir)
+
+
 def ensure_read_key(settings: Settings) -> tuple[Settings, str | None]:
     """Settings with a read key: the configured ones, else one kept in
     ``<data_dir>/read-key`` (made on first run, mode 0600). Returns the key
@@ -98,6 +106,7 @@ class Embedded:
         clickhouse = await asyncio.to_thread(ClickHouse, settings.clickhouse_dsn)
         try:
             applied = await asyncio.to_thread(apply_migrations, settings, clickhouse)
+            applied += await apply_database_migrations(settings)
             if applied:
                 log.info("applied migrations: %s", ", ".join(applied))
             await self._serve(clickhouse)

@@ -139,6 +139,8 @@ class DatabaseSettings(BaseModel):
     """
 
     url: str | None = None
+    # Where the Alembic scripts are; None means migrations/alembic in the source tree.
+    migrations_dir: Path | None = None
 
 
 class QuerySettings(BaseModel):

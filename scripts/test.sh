@@ -11,8 +11,10 @@ ensure_venv test
 
 run_dir=$(mktemp -d "${TMPDIR:-/tmp}/viraltrace-test.XXXXXX")
 pids=()
+pg_started=""
 cleanup() {
   local status=$?
+  if [ -n "$pg_started" ]; then pg_ctlcluster --skip-systemctl-redirect "$pg_started" main stop || true; fi
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   rm -rf "$run_dir"
@@ -43,6 +45,21 @@ tansu_port=$(free_port)
 pids+=($!)
 wait_port noida-db "$noida_port" "$run_dir/noida.log"
 wait_port tansu "$tansu_port" "$run_dir/tansu.log"
+
+# PostgreSQL for the control-plane tests: the machine's server on 127.0.0.1:5432
+# (INFRA.md); started here when it is stopped, and stopped again at the end.
+if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
+  if ! command -v pg_ctlcluster >/dev/null || [ ! -d /etc/postgresql ]; then
+    echo "PostgreSQL is not running on 127.0.0.1:5432 and no cluster is installed to start" >&2
+    exit 1
+  fi
+  pg_version=$(ls /etc/postgresql | sort -V | tail -n 1)
+  pg_ctlcluster --skip-systemctl-redirect "$pg_version" main start
+  pg_started=$pg_version
+  for _ in $(seq 1 100); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 0.1; done
+  pg_isready -q -h 127.0.0.1 -p 5432 || { echo "PostgreSQL did not start" >&2; exit 1; }
+fi
+export VIRALTRACE_TEST_POSTGRES_URL="postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 
 export VIRALTRACE_TEST_KAFKA_NOIDA="127.0.0.1:$noida_port"
 export VIRALTRACE_TEST_KAFKA_TANSU="127.0.0.1:$tansu_port"

@@ -27,7 +27,8 @@ BROKERS = {
 }
 TEST_TOKEN_KEY = "test-token-key-0123456789abcdef0123456789"
 TEST_SALT_SECRET = "test-salt-secret-0123456789abcdef01234567"
-SERVICE_ENV = [env for env, _ in BROKERS.values()] + ["VIRALTRACE_TEST_NOIDA_BIN"]
+POSTGRES_ENV = "VIRALTRACE_TEST_POSTGRES_URL"
+SERVICE_ENV = [env for env, _ in BROKERS.values()] + ["VIRALTRACE_TEST_NOIDA_BIN", POSTGRES_ENV]
 
 
 @pytest.fixture(autouse=True)
@@ -36,7 +37,10 @@ def _services_only_for_marked_tests(
 ) -> None:
     if request.node.get_closest_marker("kafka") is None:
         for env in SERVICE_ENV:
-            monkeypatch.delenv(env, raising=False)
+            if env != POSTGRES_ENV:
+                monkeypatch.delenv(env, raising=False)
+    if request.node.get_closest_marker("postgres") is None:
+        monkeypatch.delenv(POSTGRES_ENV, raising=False)
     # Settings read the environment: keep a developer's VIRALTRACE_* out of tests.
     for env in list(os.environ):
         if env.startswith("VIRALTRACE_") and env not in SERVICE_ENV:
@@ -115,3 +119,31 @@ def migrated(ch: ClickHouse) -> ClickHouse:
 
     migrate(ch, MIGRATIONS_DIR, settings_ttl_days=400)
     return ch
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def database_url(request: pytest.FixtureRequest, tmp_path: Path, unique: str) -> Any:
+    """A fresh, empty control-plane database: a SQLite file, or a new PostgreSQL database
+    (created on the server ``./scripts/test.sh`` makes sure is running, dropped after)."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'control.db'}"
+        return
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    server = make_url(require_env(POSTGRES_ENV))
+    admin = server.set(drivername="postgresql").render_as_string(hide_password=False)
+    name = f"vt_{unique}"
+    connection = await asyncpg.connect(admin)
+    try:
+        await connection.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await connection.close()
+    try:
+        yield server.set(database=name).render_as_string(hide_password=False)
+    finally:
+        connection = await asyncpg.connect(admin)
+        try:
+            await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await connection.close()

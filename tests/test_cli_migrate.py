@@ -21,11 +21,17 @@ def test_migrate_applies_once_then_reports_up_to_date(
     runner = CliRunner()
     first = runner.invoke(cli, ["migrate"])
     assert first.exit_code == 0, first.output
-    assert first.output.strip() == "applied: 0001_events, 0002_events_dlq, 0003_rollups"
+    lines = first.output.strip().splitlines()
+    assert lines[0] == "ClickHouse applied: 0001_events, 0002_events_dlq, 0003_rollups"
+    assert lines[1] == f"database sqlite+aiosqlite:///{tmp_path / 'control.db'} applied: 0001"
     second = runner.invoke(cli, ["migrate"])
     assert second.exit_code == 0, second.output
-    assert "up to date" in second.output
+    assert second.output.strip().splitlines() == [
+        "ClickHouse schema is up to date",
+        f"database sqlite+aiosqlite:///{tmp_path / 'control.db'} is up to date",
+    ]
     assert (tmp_path / "clickhouse").is_dir()
+    assert (tmp_path / "control.db").is_file()
 
 
 def test_migrate_refuses_an_edited_applied_file(
