@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from app.bench import bench
+from app.cli_control import mount as mount_control_plane
 from app.settings import Settings
 from app.storage.clickhouse import StorageError, redact_dsn
 from consumers.cli import consume_app
@@ -16,6 +17,7 @@ from consumers.cli import consume_app
 cli = typer.Typer(help="viraltrace: live share-cascade tracking.", no_args_is_help=True)
 cli.add_typer(bench, name="bench", help="Benchmarks (rerunnable; see docs/benchmarks.md).")
 cli.add_typer(consume_app, name="consume", help="Run a Kafka consumer (its own process).")
+mount_control_plane(cli)
 
 
 @cli.command()

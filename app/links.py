@@ -1,5 +1,10 @@
-"""Tracked links (``/r/{slug}``), read from a JSON settings file until the
-control plane owns them.
+"""Tracked links (``/r/{slug}``): from the control-plane database, plus an
+optional JSON settings file.
+
+Clicks never wait on the database: ``LinkRefresher`` reloads every link of
+every active campaign into an immutable ``LinkRegistry`` every
+``tracking.links_cache_ttl_s`` seconds, so an edited destination takes effect
+within that time. Links from the file win over database links of the same slug.
 
 File format: ``{"spring-launch": {"campaign": "spring", "destination":
 "https://shop.example/launch", "allowed_hosts": ["shop.example"]}}``.
@@ -10,10 +15,14 @@ and every restart agrees on it without storing it.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ipaddress
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
@@ -21,6 +30,7 @@ import orjson
 from app.events import CAMPAIGN_PATTERN
 from app.tokens import ShareToken, TokenSigner
 
+log = logging.getLogger(__name__)
 SLUG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _CAMPAIGN_RE = re.compile(CAMPAIGN_PATTERN)
 
@@ -103,9 +113,72 @@ class LinkRegistry:
             )
         return cls(links)
 
+    def merged(self, other: dict[str, TrackedLink]) -> LinkRegistry:
+        """A registry with ``other``'s links, then this one's on top."""
+        return LinkRegistry({**other, **self._links})
+
     def get(self, slug: str) -> TrackedLink | None:
         return self._links.get(slug)
 
     def for_campaign(self, campaign: str) -> TrackedLink | None:
         """The campaign's first link by slug, used to build share URLs."""
         return self._by_campaign.get(campaign)
+
+
+async def load_db_links(sessions: Any, signer: TokenSigner) -> dict[str, TrackedLink]:
+    """Every link of every active campaign; an unsafe stored destination is skipped."""
+    from sqlalchemy import select
+
+    from app.db.models import Campaign
+    from app.db.models import TrackedLink as LinkRow
+
+    async with sessions() as session:
+        rows = await session.execute(
+            select(LinkRow, Campaign.slug).join(Campaign).where(Campaign.active.is_(True))
+        )
+        links: dict[str, TrackedLink] = {}
+        for row, campaign in rows:
+            hosts = frozenset(row.allowed_hosts)
+            try:
+                check_destination(row.destination, hosts)
+            except LinkConfigError as exc:
+                log.error("link %r not served: %s", row.slug, exc)
+                continue
+            root = signer.link_root(campaign, row.slug)
+            links[row.slug] = TrackedLink(row.slug, campaign, row.destination, hosts, root)
+        return links
+
+
+class LinkRefresher:
+    """Keeps ``state.links`` current from the database (see the module docstring)."""
+
+    def __init__(self, state: Any, file_links: LinkRegistry, ttl_s: float) -> None:
+        self.state = state
+        self.file_links = file_links
+        self.ttl_s = ttl_s
+        self._task: asyncio.Task[None] | None = None
+
+    async def refresh(self) -> bool:
+        """One reload; False (and the old links kept) when the database fails."""
+        try:
+            db_links = await load_db_links(self.state.require_db(), self.state.signer)
+        except Exception as exc:  # the database may be down or not migrated yet
+            log.warning("tracked links not reloaded (keeping the last ones): %s", exc)
+            return False
+        self.state.links = self.file_links.merged(db_links)
+        return True
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.ttl_s)
+            await self.refresh()
+
+    async def start(self) -> None:
+        await self.refresh()
+        self._task = asyncio.create_task(self._loop(), name="link-refresher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task

@@ -17,14 +17,15 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from app.bus.base import Bus
 from app.bus.spool import Spool, SpoolLocked
+from app.db.session import create_engine, database_url, sessionmaker
 from app.enrich import Enricher
 from app.errors import install_error_handlers
 from app.ingest import PixelIngest
-from app.links import LinkRegistry
+from app.links import LinkRefresher, LinkRegistry
 from app.metrics import ApiMetrics
 from app.pixel import PixelFastPath
 from app.ratelimit import TokenBuckets
-from app.routes import query, tracking
+from app.routes import admin, query, tracking
 from app.settings import Settings
 from app.state import AppState
 from app.storage.clickhouse import ClickHouse
@@ -83,12 +84,13 @@ def create_app(
     """
     tracking_settings = settings.tracking
     signer = TokenSigner.from_settings(tracking_settings)
+    file_links = LinkRegistry.load(tracking_settings.links_file, signer)
     metrics = metrics or ApiMetrics()
     state = AppState(
         settings=settings,
         signer=signer,
         enricher=Enricher(tracking_settings),
-        links=LinkRegistry.load(tracking_settings.links_file, signer),
+        links=file_links,
         metrics=metrics,
         clickhouse=clickhouse,
         ip_buckets=TokenBuckets(
@@ -105,6 +107,10 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = create_engine(database_url(settings))
+        state.db = sessionmaker(engine)
+        links = LinkRefresher(state, file_links, tracking_settings.links_cache_ttl_s)
+        await links.start()
         state.bus = bus if bus is not None else build_bus(settings, metrics)
         await state.bus.start()
         state.pixels = PixelIngest(state)
@@ -113,6 +119,8 @@ def create_app(
         finally:
             state.pixels.drain()  # hits accepted before shutdown still reach the bus
             await state.bus.stop()
+            await links.stop()
+            await engine.dispose()
             if state.clickhouse is not None and state.clickhouse is not clickhouse:
                 await asyncio.to_thread(state.clickhouse.close)
 
@@ -126,6 +134,7 @@ def create_app(
     install_error_handlers(app)
     app.include_router(tracking.router)
     app.include_router(query.router)
+    app.include_router(admin.router)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=tracking_settings.cors_origins,

@@ -90,6 +90,8 @@ class TrackingSettings(BaseModel):
     # Tracked links until the control plane owns them: a JSON file of
     # {"slug": {"campaign": ..., "destination": ...}}.
     links_file: Path | None = None
+    # How stale the tracked-link cache may get (database edits show up within this).
+    links_cache_ttl_s: float = Field(5.0, gt=0, le=3600)
     # Events whose client time is further from server time are rejected.
     max_event_age_s: int = Field(30 * 86_400, ge=60)
     max_event_skew_s: int = Field(3_600, ge=0)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
 from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.bus.base import Bus, Record
 from app.enrich import Enricher
@@ -39,6 +40,8 @@ class AppState:
     pixels: PixelIngest | None = None
     # Reads for the query API (app.routes.query); owned by whoever set it.
     clickhouse: ClickHouse | None = None
+    # The control-plane database (app.db); built in the lifespan.
+    db: async_sessionmaker[AsyncSession] | None = None
     started_at: float = field(default_factory=time.time)
 
     @property
@@ -49,6 +52,11 @@ class AppState:
         if self.bus is None:  # only before the lifespan has started
             raise RuntimeError("the bus is not started")
         return self.bus
+
+    def require_db(self) -> async_sessionmaker[AsyncSession]:
+        if self.db is None:
+            raise RuntimeError("the control-plane database is not open")
+        return self.db
 
     def require_pixels(self) -> PixelIngest:
         if self.pixels is None:

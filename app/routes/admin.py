@@ -1,0 +1,595 @@
+"""The admin API, ``/v1/admin/...``: campaigns, tracked links, API keys, webhook
+endpoints and alert rules. Every route needs an ``admin`` key; a key bound to
+campaigns manages only those campaigns' resources (and cannot mint keys for
+other campaigns or unbound keys).
+
+Errors follow ``app.errors``: 401 no or bad key, 403 not allowed, 404 unknown
+id, 409 a uniqueness conflict, 422 bad input (with the field).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from fastapi import APIRouter, Depends, Header, Path, Response
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import selectinload
+
+from app.db.keys import KeyRequestError, Principal, authenticate, create_key, new_webhook_secret
+from app.db.models import ALERT_KINDS, SCOPES, AlertRule, ApiKey, Campaign, TrackedLink
+from app.db.models import WebhookEndpoint as Webhook
+from app.errors import ApiError
+from app.events import CAMPAIGN_PATTERN
+from app.links import SLUG_RE, LinkConfigError, check_destination
+from app.state import StateDep
+
+router = APIRouter(prefix="/v1/admin", tags=["admin"])
+
+LANGUAGE_PATTERN = r"^[a-z]{2,3}$"
+ORIGIN_PATTERN = r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$"
+
+
+# ---- auth and sessions ----------------------------------------------------
+
+
+async def db_session(state: StateDep) -> AsyncIterator[AsyncSession]:
+    async with state.require_db()() as session:
+        yield session
+
+
+Session = Annotated[AsyncSession, Depends(db_session)]
+
+
+async def admin_principal(
+    session: Session, authorization: Annotated[str | None, Header()] = None
+) -> Principal:
+    scheme, _, key = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise ApiError(
+            401,
+            "unauthorized",
+            "send Authorization: Bearer <admin key>",
+            "authorization",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    principal = await authenticate(session, key.strip())
+    if principal is None:
+        raise ApiError(
+            401,
+            "bad_key",
+            "unknown or revoked key",
+            "authorization",
+            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+        )
+    if not principal.can("admin"):
+        raise ApiError(403, "forbidden", "this key has no admin scope", "authorization")
+    await session.commit()  # last_used_at
+    return principal
+
+
+Admin = Annotated[Principal, Depends(admin_principal)]
+
+
+def _check_campaign(admin: Principal, slug: str) -> None:
+    if not admin.can("admin", slug):
+        raise ApiError(403, "forbidden", f"this key cannot manage campaign {slug!r}", "campaign")
+
+
+async def _campaign(session: AsyncSession, admin: Principal, slug: str) -> Campaign:
+    _check_campaign(admin, slug)
+    campaign = await session.scalar(select(Campaign).where(Campaign.slug == slug))
+    if campaign is None:
+        raise ApiError(404, "not_found", f"no campaign {slug!r}", "campaign")
+    return campaign
+
+
+async def _commit(session: AsyncSession, what: str, field: str) -> None:
+    try:
+        await session.commit()
+    except IntegrityError as exc:
+        await session.rollback()
+        raise ApiError(409, "conflict", f"{what} already exists", field) from exc
+
+
+def _not_found(what: str, field: str = "id") -> ApiError:
+    return ApiError(404, "not_found", f"no such {what}", field)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ---- campaigns -------------------------------------------------------------
+
+Slug = Annotated[str, Field(pattern=CAMPAIGN_PATTERN)]
+
+
+class CampaignPatch(Strict):
+    name: str | None = Field(None, min_length=1, max_length=200)
+    allowed_origins: list[Annotated[str, Field(pattern=ORIGIN_PATTERN)]] | None = None
+    retention_days: int | None = Field(None, ge=1, le=3650)
+    languages: list[Annotated[str, Field(pattern=LANGUAGE_PATTERN)]] | None = None
+    require_write_key: bool | None = None
+    active: bool | None = None
+
+
+class CampaignIn(CampaignPatch):
+    slug: Slug
+    name: str = Field(min_length=1, max_length=200)
+
+
+class CampaignOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    slug: str
+    name: str
+    allowed_origins: list[str]
+    retention_days: int
+    languages: list[str]
+    require_write_key: bool
+    active: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+def _apply(row: Any, patch: BaseModel) -> None:
+    for name, value in patch.model_dump(exclude_unset=True).items():
+        if value is not None:
+            setattr(row, name, value)
+
+
+@router.post("/campaigns", status_code=201)
+async def create_campaign(body: CampaignIn, session: Session, admin: Admin) -> CampaignOut:
+    if admin.campaigns:
+        raise ApiError(403, "forbidden", "a campaign-bound key cannot create campaigns", None)
+    campaign = Campaign(slug=body.slug, name=body.name)
+    _apply(campaign, body)
+    session.add(campaign)
+    await _commit(session, f"campaign {body.slug!r}", "slug")
+    return CampaignOut.model_validate(campaign)
+
+
+@router.get("/campaigns")
+async def list_campaigns(session: Session, admin: Admin) -> list[CampaignOut]:
+    rows = await session.scalars(select(Campaign).order_by(Campaign.slug))
+    return [CampaignOut.model_validate(c) for c in rows if admin.can("admin", c.slug)]
+
+
+CampaignPath = Annotated[str, Path(pattern=CAMPAIGN_PATTERN)]
+
+
+@router.get("/campaigns/{slug}")
+async def get_campaign(slug: CampaignPath, session: Session, admin: Admin) -> CampaignOut:
+    return CampaignOut.model_validate(await _campaign(session, admin, slug))
+
+
+@router.patch("/campaigns/{slug}")
+async def update_campaign(
+    slug: CampaignPath, body: CampaignPatch, session: Session, admin: Admin
+) -> CampaignOut:
+    campaign = await _campaign(session, admin, slug)
+    _apply(campaign, body)
+    await _commit(session, "campaign", "slug")
+    await session.refresh(campaign)
+    return CampaignOut.model_validate(campaign)
+
+
+@router.delete("/campaigns/{slug}", status_code=204)
+async def delete_campaign(slug: CampaignPath, session: Session, admin: Admin) -> Response:
+    await session.delete(await _campaign(session, admin, slug))
+    await session.commit()
+    return Response(status_code=204)
+
+
+# ---- tracked links -----------------------------------------------------------
+
+
+class LinkPatch(Strict):
+    destination: HttpUrl | None = None
+    allowed_hosts: list[Annotated[str, Field(min_length=1, max_length=253)]] | None = None
+
+
+class LinkIn(LinkPatch):
+    slug: Annotated[str, Field(pattern=SLUG_RE.pattern)]
+    campaign: Slug
+    destination: HttpUrl
+
+
+class LinkOut(BaseModel):
+    slug: str
+    campaign: str
+    destination: str
+    allowed_hosts: list[str]
+    url_path: str
+    created_at: datetime
+    updated_at: datetime
+
+
+def _link_out(link: TrackedLink, campaign: str) -> LinkOut:
+    return LinkOut(
+        slug=link.slug,
+        campaign=campaign,
+        destination=link.destination,
+        allowed_hosts=link.allowed_hosts,
+        url_path=f"/r/{link.slug}",
+        created_at=link.created_at,
+        updated_at=link.updated_at,
+    )
+
+
+def _checked_destination(destination: str, hosts: list[str]) -> tuple[str, list[str]]:
+    """The destination and its allowed hosts (default: its own host); 422 if unsafe."""
+    allowed = sorted({h.lower() for h in hosts} or {(urlsplit(destination).hostname or "")})
+    try:
+        check_destination(destination, frozenset(allowed))
+    except LinkConfigError as exc:
+        raise ApiError(422, "bad_destination", str(exc), "destination") from exc
+    return destination, allowed
+
+
+async def _link(session: AsyncSession, admin: Principal, slug: str) -> TrackedLink:
+    link = await session.scalar(
+        select(TrackedLink)
+        .where(TrackedLink.slug == slug)
+        .options(selectinload(TrackedLink.campaign))
+    )
+    if link is None:
+        raise _not_found("link", "slug")
+    _check_campaign(admin, link.campaign.slug)
+    return link
+
+
+@router.post("/links", status_code=201)
+async def create_link(body: LinkIn, session: Session, admin: Admin, state: StateDep) -> LinkOut:
+    campaign = await _campaign(session, admin, body.campaign)
+    destination, hosts = _checked_destination(str(body.destination), body.allowed_hosts or [])
+    root = state.signer.link_root(campaign.slug, body.slug)
+    link = TrackedLink(
+        slug=body.slug,
+        campaign_id=campaign.id,
+        destination=destination,
+        allowed_hosts=hosts,
+        root_token=root.raw,
+    )
+    session.add(link)
+    await _commit(session, f"link {body.slug!r}", "slug")
+    return _link_out(link, campaign.slug)
+
+
+@router.get("/links")
+async def list_links(session: Session, admin: Admin, campaign: Slug | None = None) -> list[LinkOut]:
+    query = select(TrackedLink, Campaign.slug).join(Campaign).order_by(TrackedLink.slug)
+    if campaign is not None:
+        query = query.where(Campaign.slug == campaign)
+    rows = await session.execute(query)
+    return [_link_out(link, slug) for link, slug in rows if admin.can("admin", slug)]
+
+
+LinkPath = Annotated[str, Path(pattern=SLUG_RE.pattern)]
+
+
+@router.get("/links/{slug}")
+async def get_link(slug: LinkPath, session: Session, admin: Admin) -> LinkOut:
+    link = await _link(session, admin, slug)
+    return _link_out(link, link.campaign.slug)
+
+
+@router.patch("/links/{slug}")
+async def update_link(slug: LinkPath, body: LinkPatch, session: Session, admin: Admin) -> LinkOut:
+    link = await _link(session, admin, slug)
+    destination = str(body.destination) if body.destination else link.destination
+    hosts = body.allowed_hosts if body.allowed_hosts is not None else link.allowed_hosts
+    link.destination, link.allowed_hosts = _checked_destination(destination, hosts)
+    await session.commit()
+    await session.refresh(link)
+    return _link_out(link, link.campaign.slug)
+
+
+@router.delete("/links/{slug}", status_code=204)
+async def delete_link(slug: LinkPath, session: Session, admin: Admin) -> Response:
+    await session.delete(await _link(session, admin, slug))
+    await session.commit()
+    return Response(status_code=204)
+
+
+# ---- API keys ------------------------------------------------------------------
+
+
+class KeyIn(Strict):
+    name: str = Field("", max_length=200)
+    scopes: list[str] = Field(min_length=1)
+    campaigns: list[Slug] = Field(default_factory=list)
+
+    @field_validator("scopes")
+    @classmethod
+    def _known_scopes(cls, value: list[str]) -> list[str]:
+        unknown = sorted(set(value) - set(SCOPES))
+        if unknown:
+            raise ValueError(f"unknown scopes {unknown}; use {', '.join(SCOPES)}")
+        return value
+
+
+class KeyOut(BaseModel):
+    id: int
+    name: str
+    prefix: str
+    scopes: list[str]
+    campaigns: list[str]
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
+class NewKeyOut(KeyOut):
+    key: str = Field(description="shown once: store it now")
+
+
+def _key_out(row: ApiKey) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "name": row.name,
+        "prefix": row.prefix,
+        "scopes": row.scopes,
+        "campaigns": sorted(c.slug for c in row.campaigns),
+        "created_at": row.created_at,
+        "last_used_at": row.last_used_at,
+        "revoked_at": row.revoked_at,
+    }
+
+
+def _key_visible(admin: Principal, row: ApiKey) -> bool:
+    slugs = {c.slug for c in row.campaigns}
+    return not admin.campaigns or (bool(slugs) and slugs <= admin.campaigns)
+
+
+async def _key(session: AsyncSession, admin: Principal, key_id: int) -> ApiKey:
+    row = await session.scalar(
+        select(ApiKey).where(ApiKey.id == key_id).options(selectinload(ApiKey.campaigns))
+    )
+    if row is None or not _key_visible(admin, row):
+        raise _not_found("key")
+    return row
+
+
+@router.post("/keys", status_code=201)
+async def create_api_key(body: KeyIn, session: Session, admin: Admin) -> NewKeyOut:
+    if admin.campaigns and (not body.campaigns or not set(body.campaigns) <= admin.campaigns):
+        raise ApiError(
+            403,
+            "forbidden",
+            "a campaign-bound key can only make keys for its campaigns",
+            "campaigns",
+        )
+    try:
+        key, row = await create_key(session, body.scopes, body.campaigns, body.name)
+    except KeyRequestError as exc:
+        raise ApiError(422, "bad_key_request", str(exc), "campaigns") from exc
+    await session.commit()
+    return NewKeyOut(key=key, **_key_out(row))
+
+
+@router.get("/keys")
+async def list_api_keys(session: Session, admin: Admin) -> list[KeyOut]:
+    rows = await session.scalars(
+        select(ApiKey).options(selectinload(ApiKey.campaigns)).order_by(ApiKey.id)
+    )
+    return [KeyOut(**_key_out(r)) for r in rows if _key_visible(admin, r)]
+
+
+@router.get("/keys/{key_id}")
+async def get_api_key(key_id: int, session: Session, admin: Admin) -> KeyOut:
+    return KeyOut(**_key_out(await _key(session, admin, key_id)))
+
+
+@router.delete("/keys/{key_id}")
+async def revoke_api_key(key_id: int, session: Session, admin: Admin) -> KeyOut:
+    """Revokes the key (kept for the audit trail); a revoked key authenticates nothing."""
+    row = await _key(session, admin, key_id)
+    if row.revoked_at is None:
+        row.revoked_at = datetime.now(UTC)
+        await session.commit()
+    return KeyOut(**_key_out(row))
+
+
+# ---- webhook endpoints --------------------------------------------------------------
+
+
+class WebhookPatch(Strict):
+    url: HttpUrl | None = None
+    event_types: list[Annotated[str, Field(pattern=r"^[a-z_.]{1,64}$")]] | None = None
+    enabled: bool | None = None
+
+
+class WebhookIn(WebhookPatch):
+    campaign: Slug
+    url: HttpUrl
+
+
+class WebhookOut(BaseModel):
+    id: int
+    campaign: str
+    url: str
+    event_types: list[str]
+    enabled: bool
+    disabled_reason: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class NewWebhookOut(WebhookOut):
+    secret: str = Field(description="whsec_… signing secret, shown once")
+
+
+def _webhook_out(row: Webhook, campaign: str) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "campaign": campaign,
+        "url": row.url,
+        "event_types": row.event_types,
+        "enabled": row.enabled,
+        "disabled_reason": row.disabled_reason,
+        "created_at": row.created_at,
+        "updated_at": row.updated_at,
+    }
+
+
+async def _owned(session: AsyncSession, admin: Principal, model: Any, row_id: int) -> Any:
+    row = await session.get(model, row_id)
+    slug = (
+        None
+        if row is None
+        else await session.scalar(select(Campaign.slug).where(Campaign.id == row.campaign_id))
+    )
+    if row is None or slug is None or not admin.can("admin", slug):
+        raise _not_found(model.__tablename__.rstrip("s").replace("_", " "))
+    return row, slug
+
+
+@router.post("/webhooks", status_code=201)
+async def create_webhook(body: WebhookIn, session: Session, admin: Admin) -> NewWebhookOut:
+    campaign = await _campaign(session, admin, body.campaign)
+    row = Webhook(
+        campaign_id=campaign.id,
+        url=str(body.url),
+        secret=new_webhook_secret(),
+        event_types=body.event_types or [],
+        enabled=body.enabled is not False,
+    )
+    session.add(row)
+    await session.commit()
+    return NewWebhookOut(secret=row.secret, **_webhook_out(row, campaign.slug))
+
+
+@router.get("/webhooks")
+async def list_webhooks(session: Session, admin: Admin) -> list[WebhookOut]:
+    rows = await session.execute(select(Webhook, Campaign.slug).join(Campaign).order_by(Webhook.id))
+    return [WebhookOut(**_webhook_out(w, s)) for w, s in rows if admin.can("admin", s)]
+
+
+@router.get("/webhooks/{webhook_id}")
+async def get_webhook(webhook_id: int, session: Session, admin: Admin) -> WebhookOut:
+    row, slug = await _owned(session, admin, Webhook, webhook_id)
+    return WebhookOut(**_webhook_out(row, slug))
+
+
+@router.patch("/webhooks/{webhook_id}")
+async def update_webhook(
+    webhook_id: int, body: WebhookPatch, session: Session, admin: Admin
+) -> WebhookOut:
+    row, slug = await _owned(session, admin, Webhook, webhook_id)
+    if body.url is not None:
+        row.url = str(body.url)
+    if body.event_types is not None:
+        row.event_types = body.event_types
+    if body.enabled is not None:
+        row.enabled = body.enabled
+        if body.enabled:
+            row.disabled_reason = None
+    await session.commit()
+    await session.refresh(row)
+    return WebhookOut(**_webhook_out(row, slug))
+
+
+@router.delete("/webhooks/{webhook_id}", status_code=204)
+async def delete_webhook(webhook_id: int, session: Session, admin: Admin) -> Response:
+    row, _ = await _owned(session, admin, Webhook, webhook_id)
+    await session.delete(row)
+    await session.commit()
+    return Response(status_code=204)
+
+
+# ---- alert rules ----------------------------------------------------------------------
+
+
+class RulePatch(Strict):
+    thresholds: dict[str, float] | None = None
+    window_s: int | None = Field(None, ge=10, le=7 * 86_400)
+    min_volume: int | None = Field(None, ge=0)
+    cooldown_s: int | None = Field(None, ge=0, le=30 * 86_400)
+    enabled: bool | None = None
+
+
+class RuleIn(RulePatch):
+    campaign: Slug
+    kind: str
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, value: str) -> str:
+        if value not in ALERT_KINDS:
+            raise ValueError(f"kind must be one of {', '.join(ALERT_KINDS)}")
+        return value
+
+
+class RuleOut(BaseModel):
+    id: int
+    campaign: str
+    kind: str
+    thresholds: dict[str, float]
+    window_s: int
+    min_volume: int
+    cooldown_s: int
+    enabled: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+def _rule_out(row: AlertRule, campaign: str) -> RuleOut:
+    return RuleOut(
+        id=row.id,
+        campaign=campaign,
+        kind=row.kind,
+        thresholds=row.thresholds,
+        window_s=row.window_s,
+        min_volume=row.min_volume,
+        cooldown_s=row.cooldown_s,
+        enabled=row.enabled,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+@router.post("/alert-rules", status_code=201)
+async def create_rule(body: RuleIn, session: Session, admin: Admin) -> RuleOut:
+    campaign = await _campaign(session, admin, body.campaign)
+    row = AlertRule(campaign_id=campaign.id, kind=body.kind)
+    _apply(row, RulePatch.model_validate(body.model_dump(exclude={"campaign", "kind"})))
+    session.add(row)
+    await session.commit()
+    await session.refresh(row)
+    return _rule_out(row, campaign.slug)
+
+
+@router.get("/alert-rules")
+async def list_rules(session: Session, admin: Admin) -> list[RuleOut]:
+    rows = await session.execute(
+        select(AlertRule, Campaign.slug).join(Campaign).order_by(AlertRule.id)
+    )
+    return [_rule_out(r, s) for r, s in rows if admin.can("admin", s)]
+
+
+@router.get("/alert-rules/{rule_id}")
+async def get_rule(rule_id: int, session: Session, admin: Admin) -> RuleOut:
+    return _rule_out(*await _owned(session, admin, AlertRule, rule_id))
+
+
+@router.patch("/alert-rules/{rule_id}")
+async def update_rule(rule_id: int, body: RulePatch, session: Session, admin: Admin) -> RuleOut:
+    row, slug = await _owned(session, admin, AlertRule, rule_id)
+    _apply(row, body)
+    await session.commit()
+    await session.refresh(row)
+    return _rule_out(row, slug)
+
+
+@router.delete("/alert-rules/{rule_id}", status_code=204)
+async def delete_rule(rule_id: int, session: Session, admin: Admin) -> Response:
+    row, _ = await _owned(session, admin, AlertRule, rule_id)
+    await session.delete(row)
+    await session.commit()
+    return Response(status_code=204)
