@@ -96,9 +96,13 @@ class EventStages:
     records for ``source`` (``pixel`` or ``api``).
     """
 
-    def __init__(self, state: AppState, source: str) -> None:
+    def __init__(
+        self, state: AppState, source: str, authorize: Callable[[Hit], None] | None = None
+    ) -> None:
         self._state = state
         self._source = source
+        # Runs after validation (it needs the campaign); raises InvalidEvent to refuse.
+        self._authorize = authorize
         # One enrichment per (request, campaign): a batch request shares its client.
         self._clients: dict[tuple[int, str], ClientInfo] = {}
 
@@ -107,8 +111,10 @@ class EventStages:
     ) -> tuple[list[Record], dict[str, int], dict[str, int]]:
         """Returns the records, and the accepted counts per event type and per campaign."""
         self._clients.clear()
-        for stage in (self._validate, self._enrich):
-            hits = run_stage(stage, hits, reject)
+        hits = run_stage(self._validate, hits, reject)
+        if self._authorize is not None:
+            hits = run_stage(self._authorize, hits, reject)
+        hits = run_stage(self._enrich, hits, reject)
         return self._serialize(hits)
 
     def _validate(self, hit: Hit) -> None:

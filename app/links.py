@@ -149,8 +149,30 @@ async def load_db_links(sessions: Any, signer: TokenSigner) -> dict[str, Tracked
         return links
 
 
+@dataclass(frozen=True, slots=True)
+class CampaignPolicy:
+    """What the ingestion edge needs to know of a campaign, cached like the links."""
+
+    allowed_origins: frozenset[str]
+    require_write_key: bool
+
+
+async def load_campaign_policies(sessions: Any) -> dict[str, CampaignPolicy]:
+    from sqlalchemy import select
+
+    from app.db.models import Campaign
+
+    async with sessions() as session:
+        rows = await session.scalars(select(Campaign))
+        return {
+            c.slug: CampaignPolicy(frozenset(c.allowed_origins), c.require_write_key)
+            for c in rows
+        }
+
+
 class LinkRefresher:
-    """Keeps ``state.links`` current from the database (see the module docstring)."""
+    """Keeps ``state.links`` and ``state.campaign_policies`` current from the database
+    (see the module docstring)."""
 
     def __init__(self, state: Any, file_links: LinkRegistry, ttl_s: float) -> None:
         self.state = state
@@ -160,12 +182,19 @@ class LinkRefresher:
 
     async def refresh(self) -> bool:
         """One reload; False (and the old links kept) when the database fails."""
+        sessions = self.state.require_db()
         try:
-            db_links = await load_db_links(self.state.require_db(), self.state.signer)
+            db_links = await load_db_links(sessions, self.state.signer)
+            policies = await load_campaign_policies(sessions)
         except Exception as exc:  # the database may be down or not migrated yet
-            log.warning("tracked links not reloaded (keeping the last ones): %s", exc)
+            log.warning("control-plane cache not reloaded (keeping the last one): %s", exc)
             return False
         self.state.links = self.file_links.merged(db_links)
+        self.state.campaign_policies = policies
+        self.state.cors_origins = frozenset().union(
+            *(policy.allowed_origins for policy in policies.values())
+        )
+        self.state.key_cache.clear()  # revocations take effect within one refresh
         return True
 
     async def _loop(self) -> None:

@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp
 
 from app.bus.base import Bus
 from app.bus.spool import Spool, SpoolLocked
@@ -136,13 +138,27 @@ def create_app(
     app.include_router(query.router)
     app.include_router(admin.router)
     app.add_middleware(
-        CORSMiddleware,
+        # mypy cannot match a keyword-only extra argument to Starlette's factory protocol.
+        CampaignCORSMiddleware,  # type: ignore[arg-type]
+        state=state,
         allow_origins=tracking_settings.cors_origins,
         allow_methods=["GET", "POST", "OPTIONS"],
         allow_headers=["content-type", "authorization"],
         max_age=tracking_settings.cors_max_age_s,
     )
     return app
+
+
+class CampaignCORSMiddleware(CORSMiddleware):
+    """CORS allowing the origins in settings plus every campaign's ``allowed_origins``
+    (from the control-plane cache, so a new origin works within one refresh)."""
+
+    def __init__(self, app: ASGIApp, *, state: AppState, **options: Any) -> None:
+        super().__init__(app, **options)
+        self.state = state
+
+    def is_allowed_origin(self, origin: str) -> bool:
+        return super().is_allowed_origin(origin) or origin in self.state.cors_origins
 
 
 def create_asgi(

@@ -12,9 +12,10 @@ from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.bus.base import Bus, Record
+from app.db.keys import Principal
 from app.enrich import Enricher
 from app.events import InvalidEvent
-from app.links import LinkRegistry
+from app.links import CampaignPolicy, LinkRegistry
 from app.metrics import ApiMetrics
 from app.ratelimit import TokenBuckets
 from app.settings import Settings
@@ -42,6 +43,11 @@ class AppState:
     clickhouse: ClickHouse | None = None
     # The control-plane database (app.db); built in the lifespan.
     db: async_sessionmaker[AsyncSession] | None = None
+    # Cached from the database by app.links.LinkRefresher.
+    campaign_policies: dict[str, CampaignPolicy] = field(default_factory=dict)
+    cors_origins: frozenset[str] = frozenset()
+    # sha256(key) -> principal (None: not a valid key); cleared on every refresh.
+    key_cache: dict[str, Principal | None] = field(default_factory=dict)
     started_at: float = field(default_factory=time.time)
 
     @property

@@ -132,3 +132,80 @@ async def test_links_made_by_the_cli_redirect_and_edits_show_within_the_ttl(
             while urlsplit((await client.get("/r/launch")).headers["location"]).path != "/v2":  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
         assert (await client.get("/r/unknown")).status_code == 404
+
+
+async def test_write_keys_and_campaign_origins_at_the_ingestion_edge(
+    run: object, database_url: str, tmp_path: Path
+) -> None:
+    invoke = run  # type: ignore[assignment]
+
+    def cli(*args: str) -> str:
+        return ok(invoke(*args)).strip()
+
+    await asyncio.to_thread(cli, "campaigns", "create", "open", "--origin", "https://blog.example")
+    await asyncio.to_thread(cli, "campaigns", "create", "locked")
+    writer = await asyncio.to_thread(
+        cli, "keys", "create", "--scope", "write", "--campaign", "locked"
+    )
+    other = await asyncio.to_thread(cli, "keys", "create", "--scope", "write", "--campaign", "open")
+    reader = await asyncio.to_thread(cli, "keys", "create", "--scope", "read")
+    settings = make_settings(
+        tmp_path, database={"url": database_url}, tracking={"links_cache_ttl_s": 0.2}
+    )
+    async with running_app(settings) as (app, client):
+        from sqlalchemy import update
+
+        from app.db.models import Campaign
+
+        async with app.state.vt.require_db()() as session:
+            await session.execute(
+                update(Campaign).where(Campaign.slug == "locked").values(require_write_key=True)
+            )
+            await session.commit()
+        refresher_sees = False
+        async with asyncio.timeout(5):
+            while not refresher_sees:
+                await asyncio.sleep(0.05)
+                policy = app.state.vt.campaign_policies.get("locked")
+                refresher_sees = policy is not None and policy.require_write_key
+
+        batch = [{"type": "view", "campaign": "locked"}, {"type": "view", "campaign": "open"}]
+
+        async def send(key: str | None) -> dict[str, object]:
+            headers = {} if key is None else {"authorization": f"Bearer {key}"}
+            got = await client.post("/v1/events", json=batch, headers=headers)
+            assert got.status_code == 202, got.text
+            body: dict[str, object] = got.json()
+            return body
+
+        for key in (None, other, reader, "vt_forged_" + "x" * 32):
+            body = await send(key)
+            assert body["accepted"] == 1  # the open campaign's event only
+            assert body["rejected"] == [
+                {
+                    "index": 0,
+                    "reason": "unauthorized",
+                    "field": "authorization",
+                    "message": "campaign 'locked' needs a write key for it",
+                }
+            ], key
+        assert (await send(writer))["accepted"] == 2
+
+        # A revoked key stops working within one refresh.
+        await asyncio.to_thread(cli, "keys", "revoke", writer[:11])
+        async with asyncio.timeout(5):
+            while (await send(writer))["accepted"] != 1:  # noqa: ASYNC110 - polls the app
+                await asyncio.sleep(0.05)
+
+        # CORS: the campaign's origin is allowed, another is not.
+        preflight = {"access-control-request-method": "POST"}
+        allowed = await client.options(
+            "/v1/events", headers={"origin": "https://blog.example", **preflight}
+        )
+        assert allowed.status_code == 200
+        assert allowed.headers["access-control-allow-origin"] == "https://blog.example"
+        refused = await client.options(
+            "/v1/events", headers={"origin": "https://evil.example", **preflight}
+        )
+        assert refused.status_code == 400
+        assert "access-control-allow-origin" not in refused.headers

@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
 
 from app.bus.base import BusUnavailable, Record
+from app.db.keys import Principal, authenticate, hash_key
 from app.errors import ApiError, JsonResponse
 from app.events import (
     CHANNEL_PATTERN,
@@ -38,6 +39,7 @@ router = APIRouter()
 CHANNEL_RE = re.compile(CHANNEL_PATTERN)
 
 JSON_TYPES = ("application/json", "text/plain")
+KEY_CACHE_MAX = 10_000
 
 
 # -- models --------------------------------------------------------------------
@@ -326,13 +328,42 @@ async def post_events(request: Request, state: StateDep) -> JsonResponse:
         state.dead_letter(error, "api", payload, received)
         state.metrics.count_ingest("invalid", "rejected")
 
-    records, per_type, per_campaign = EventStages(state, "api").run(hits, reject)
+    principal = await _principal(state, request.headers.get("authorization"))
+
+    def authorize(hit: Hit) -> None:
+        assert hit.event is not None
+        policy = state.campaign_policies.get(hit.event.campaign)
+        if policy is None or not policy.require_write_key:
+            return
+        if principal is None or not principal.can("write", hit.event.campaign):
+            raise InvalidEvent(
+                "unauthorized",
+                "authorization",
+                f"campaign {hit.event.campaign!r} needs a write key for it",
+            )
+
+    records, per_type, per_campaign = EventStages(state, "api", authorize).run(hits, reject)
     for campaign, count in per_campaign.items():
         _limit_campaign(state, campaign, count)
     await _publish(state, records)
     for event_type, count in per_type.items():
         state.metrics.count_ingest(event_type, "accepted", count)
     return JsonResponse({"accepted": len(records), "rejected": rejected}, status_code=202)
+
+
+async def _principal(state: AppState, authorization: str | None) -> Principal | None:
+    """The bearer key's principal, cached per key for one control-plane refresh."""
+    scheme, _, key = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        return None
+    digest = hash_key(key.strip())
+    if digest not in state.key_cache:
+        if len(state.key_cache) >= KEY_CACHE_MAX:
+            state.key_cache.clear()  # bounded: a flood of random keys cannot grow it
+        async with state.require_db()() as session:
+            state.key_cache[digest] = await authenticate(session, key.strip())
+            await session.commit()
+    return state.key_cache[digest]
 
 
 class EventsEnvelope(BaseModel):
