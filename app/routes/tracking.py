@@ -15,6 +15,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import RedirectResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
+from sqlalchemy.exc import SQLAlchemyError
 
 from app.bus.base import BusUnavailable, Record
 from app.db.keys import Principal, authenticate, hash_key
@@ -360,9 +361,16 @@ async def _principal(state: AppState, authorization: str | None) -> Principal | 
     if digest not in state.key_cache:
         if len(state.key_cache) >= KEY_CACHE_MAX:
             state.key_cache.clear()  # bounded: a flood of random keys cannot grow it
-        async with state.require_db()() as session:
-            state.key_cache[digest] = await authenticate(session, key.strip())
-            await session.commit()
+        try:
+            async with state.require_db()() as session:
+                principal = await authenticate(session, key.strip())
+                await session.commit()
+        except (SQLAlchemyError, OSError) as exc:
+            # The control plane is down: the key cannot be checked now (not cached).
+            # Events of campaigns that need a key are refused, the others go through.
+            log.warning("cannot check an API key: %s", exc)
+            return None
+        state.key_cache[digest] = principal
     return state.key_cache[digest]
 
 
