@@ -13,7 +13,6 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
-from urllib.parse import urlsplit
 
 import typer
 from rich.console import Console
@@ -168,15 +167,13 @@ def links_create(
 ) -> None:
     """Create a tracked link (a seed share: its root token is minted now)."""
     from app.db.models import TrackedLink
-    from app.links import SLUG_RE, LinkConfigError, check_destination
+    from app.links import SLUG_RE, LinkConfigError, allowed_hosts_for, check_destination
     from app.tokens import TokenSigner
 
     if not SLUG_RE.match(slug):
         raise _fail(f"bad slug {slug!r}: letters, digits, '-' and '_', at most 64")
-    hosts = sorted(
-        {h.lower() for h in allowed_host or []} or {urlsplit(destination).hostname or ""}
-    )
     try:
+        hosts = allowed_hosts_for(destination, allowed_host)
         check_destination(destination, frozenset(hosts))
     except LinkConfigError as exc:
         raise _fail(f"refused: {exc}") from exc
@@ -253,7 +250,7 @@ def keys_list(data_dir: DataDir = None) -> None:
                 k.id,
                 k.prefix,
                 ",".join(k.scopes),
-                ",".join(c.slug for c in k.campaigns) or "*",
+                "*" if k.all_campaigns else ",".join(c.slug for c in k.campaigns),
                 k.last_used_at,
                 k.revoked_at,
             ]

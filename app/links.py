@@ -73,6 +73,20 @@ def check_destination(url: str, allowed_hosts: frozenset[str]) -> str:
     return url
 
 
+def allowed_hosts_for(destination: str, hosts: list[str] | None) -> list[str]:
+    """The link's allowed hosts, lower-cased and sorted: ``hosts``, else the
+    destination's own host. An IP-literal destination must be listed explicitly
+    (``LinkConfigError`` otherwise), as ``check_destination`` requires."""
+    if hosts:
+        return sorted({h.lower() for h in hosts})
+    host = (urlsplit(destination).hostname or "").lower()
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return [host]
+    raise LinkConfigError(f"destination IP literal {host!r} must be listed in allowed hosts")
+
+
 def with_query_param(url: str, name: str, value: str) -> str:
     """``url`` with ``name=value`` set in its query, keeping other parameters and the fragment."""
     parts = urlsplit(url)
@@ -165,8 +179,7 @@ async def load_campaign_policies(sessions: Any) -> dict[str, CampaignPolicy]:
     async with sessions() as session:
         rows = await session.scalars(select(Campaign))
         return {
-            c.slug: CampaignPolicy(frozenset(c.allowed_origins), c.require_write_key)
-            for c in rows
+            c.slug: CampaignPolicy(frozenset(c.allowed_origins), c.require_write_key) for c in rows
         }
 
 

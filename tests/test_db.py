@@ -19,7 +19,7 @@ async def test_a_fresh_database_upgrades_to_head_and_matches_the_models(
     database_url: str,
 ) -> None:
     applied = await migrate.upgrade(database_url)
-    assert applied == ["0001"]
+    assert applied == ["0001", "0002"]
     assert await migrate.current(database_url) == migrate.head()
     assert await migrate.upgrade(database_url) == []  # a second run does nothing
 
@@ -39,8 +39,8 @@ async def test_a_fresh_database_upgrades_to_head_and_matches_the_models(
 async def test_downgrade_one_step_and_upgrade_again(database_url: str) -> None:
     await migrate.upgrade(database_url)
     await migrate.downgrade(database_url, "-1")
-    assert await migrate.current(database_url) is None
-    assert await migrate.upgrade(database_url) == ["0001"]
+    assert await migrate.current(database_url) == "0001"
+    assert await migrate.upgrade(database_url) == ["0002"]
     assert await migrate.current(database_url) == migrate.head()
 
 
@@ -88,5 +88,39 @@ async def test_constraints_hold_on_both_databases(database_url: str) -> None:
             key = (await session.scalars(select(ApiKey))).one()
             await session.refresh(key, ["campaigns"])
             assert key.campaigns == []
+    finally:
+        await engine.dispose()
+
+
+async def test_0002_marks_keys_without_campaigns_as_all_campaigns(database_url: str) -> None:
+    from sqlalchemy import text
+
+    await migrate.upgrade(database_url, "0001")
+    engine = create_engine(database_url)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(
+                text(
+                    "INSERT INTO campaigns (slug, name, allowed_origins, retention_days, "
+                    "languages, require_write_key, active) VALUES "
+                    "('spring', 'Spring', '[]', 400, '[\"en\"]', false, true)"
+                )
+            )
+            for key_id in (1, 2):
+                await connection.execute(
+                    text(
+                        "INSERT INTO api_keys (id, name, prefix, key_hash, scopes) "
+                        f"VALUES ({key_id}, '', 'vt_{key_id}', '{key_id}', '[\"read\"]')"
+                    )
+                )
+            await connection.execute(
+                text("INSERT INTO api_key_campaigns (api_key_id, campaign_id) VALUES (2, 1)")
+            )
+        assert await migrate.upgrade(database_url) == ["0002"]
+        async with engine.connect() as connection:
+            rows = await connection.execute(
+                text("SELECT id, all_campaigns FROM api_keys ORDER BY id")
+            )
+            assert [(i, bool(a)) for i, a in rows] == [(1, True), (2, False)]
     finally:
         await engine.dispose()

@@ -64,7 +64,12 @@ async def create_key(
         rows = list(found)
     key, prefix = new_key()
     row = ApiKey(
-        name=name, prefix=prefix, key_hash=hash_key(key), scopes=sorted(set(scopes)), campaigns=rows
+        name=name,
+        prefix=prefix,
+        key_hash=hash_key(key),
+        scopes=sorted(set(scopes)),
+        campaigns=rows,
+        all_campaigns=not campaigns,
     )
     session.add(row)
     await session.flush()
@@ -73,18 +78,29 @@ async def create_key(
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who a valid key belongs to: its id, scopes and campaigns (empty: every campaign)."""
+    """Who a valid key belongs to: its id, scopes, and campaigns (``None``: every campaign)."""
 
     key_id: int
     prefix: str
     scopes: frozenset[str]
-    campaigns: frozenset[str]
+    campaigns: frozenset[str] | None
+
+    @property
+    def bound(self) -> bool:
+        """Limited to listed campaigns (possibly none left)."""
+        return self.campaigns is not None
+
+    def has_scope(self, scope: str) -> bool:
+        return scope in self.scopes or "admin" in self.scopes
 
     def can(self, scope: str, campaign: str | None = None) -> bool:
-        """``admin`` implies every scope. A campaign-bound key sees only its campaigns."""
-        if scope not in self.scopes and "admin" not in self.scopes:
+        """``admin`` implies every scope. A bound key acts only on its campaigns, and
+        on nothing campaign-wide (``campaign=None``)."""
+        if not self.has_scope(scope):
             return False
-        return campaign is None or not self.campaigns or campaign in self.campaigns
+        if self.campaigns is None:
+            return True
+        return campaign is not None and campaign in self.campaigns
 
 
 async def authenticate(session: AsyncSession, key: str) -> Principal | None:
@@ -99,6 +115,5 @@ async def authenticate(session: AsyncSession, key: str) -> Principal | None:
     if row is None or row.revoked_at is not None:
         return None
     row.last_used_at = datetime.now(UTC)
-    return Principal(
-        row.id, row.prefix, frozenset(row.scopes), frozenset(c.slug for c in row.campaigns)
-    )
+    campaigns = None if row.all_campaigns else frozenset(c.slug for c in row.campaigns)
+    return Principal(row.id, row.prefix, frozenset(row.scopes), campaigns)

@@ -28,7 +28,7 @@ def alembic_config(directory: Path | None = None) -> Config:
 
 
 async def _run(url: str, directory: Path | None, action: Any, *args: Any) -> Any:
-    engine = create_engine(url)
+    engine = create_engine(url, foreign_keys=False)
     try:
         async with engine.begin() as connection:
 

@@ -22,14 +22,17 @@ def database_url(settings: Settings) -> str:
     return f"sqlite+aiosqlite:///{(settings.data_dir / 'control.db').resolve()}"
 
 
-def create_engine(url: str) -> AsyncEngine:
+def create_engine(url: str, *, foreign_keys: bool = True) -> AsyncEngine:
+    """``foreign_keys=False`` is for migrations only: SQLite alters a table by
+    copying and dropping it, and with foreign keys on, dropping it would cascade
+    deletes into the tables that reference it."""
     engine = create_async_engine(url, pool_pre_ping=not url.startswith("sqlite"))
     if engine.dialect.name == "sqlite":
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _: Any) -> None:
             cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute(f"PRAGMA foreign_keys={'ON' if foreign_keys else 'OFF'}")
             # Readers do not block the writer (the API reads while the CLI writes).
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.close()

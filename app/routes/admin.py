@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Annotated, Any
-from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, Header, Path, Response
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator
@@ -26,7 +25,7 @@ from app.db.models import ALERT_KINDS, SCOPES, AlertRule, ApiKey, Campaign, Trac
 from app.db.models import WebhookEndpoint as Webhook
 from app.errors import ApiError
 from app.events import CAMPAIGN_PATTERN
-from app.links import SLUG_RE, LinkConfigError, check_destination
+from app.links import SLUG_RE, LinkConfigError, allowed_hosts_for, check_destination
 from app.state import StateDep
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
@@ -67,7 +66,7 @@ async def admin_principal(
             "authorization",
             headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
         )
-    if not principal.can("admin"):
+    if not principal.has_scope("admin"):
         raise ApiError(403, "forbidden", "this key has no admin scope", "authorization")
     await session.commit()  # last_used_at
     return principal
@@ -145,7 +144,7 @@ def _apply(row: Any, patch: BaseModel) -> None:
 
 @router.post("/campaigns", status_code=201)
 async def create_campaign(body: CampaignIn, session: Session, admin: Admin) -> CampaignOut:
-    if admin.campaigns:
+    if admin.bound:
         raise ApiError(403, "forbidden", "a campaign-bound key cannot create campaigns", None)
     campaign = Campaign(slug=body.slug, name=body.name)
     _apply(campaign, body)
@@ -224,8 +223,8 @@ def _link_out(link: TrackedLink, campaign: str) -> LinkOut:
 
 def _checked_destination(destination: str, hosts: list[str]) -> tuple[str, list[str]]:
     """The destination and its allowed hosts (default: its own host); 422 if unsafe."""
-    allowed = sorted({h.lower() for h in hosts} or {(urlsplit(destination).hostname or "")})
     try:
+        allowed = allowed_hosts_for(destination, hosts)
         check_destination(destination, frozenset(allowed))
     except LinkConfigError as exc:
         raise ApiError(422, "bad_destination", str(exc), "destination") from exc
@@ -238,9 +237,8 @@ async def _link(session: AsyncSession, admin: Principal, slug: str) -> TrackedLi
         .where(TrackedLink.slug == slug)
         .options(selectinload(TrackedLink.campaign))
     )
-    if link is None:
-        raise _not_found("link", "slug")
-    _check_campaign(admin, link.campaign.slug)
+    if link is None or not admin.can("admin", link.campaign.slug):
+        raise _not_found("link", "slug")  # another campaign's link: not revealed
     return link
 
 
@@ -319,6 +317,7 @@ class KeyOut(BaseModel):
     name: str
     prefix: str
     scopes: list[str]
+    all_campaigns: bool
     campaigns: list[str]
     created_at: datetime
     last_used_at: datetime | None
@@ -335,6 +334,7 @@ def _key_out(row: ApiKey) -> dict[str, Any]:
         "name": row.name,
         "prefix": row.prefix,
         "scopes": row.scopes,
+        "all_campaigns": row.all_campaigns,
         "campaigns": sorted(c.slug for c in row.campaigns),
         "created_at": row.created_at,
         "last_used_at": row.last_used_at,
@@ -344,7 +344,9 @@ def _key_out(row: ApiKey) -> dict[str, Any]:
 
 def _key_visible(admin: Principal, row: ApiKey) -> bool:
     slugs = {c.slug for c in row.campaigns}
-    return not admin.campaigns or (bool(slugs) and slugs <= admin.campaigns)
+    if admin.campaigns is None:
+        return True
+    return not row.all_campaigns and bool(slugs) and slugs <= admin.campaigns
 
 
 async def _key(session: AsyncSession, admin: Principal, key_id: int) -> ApiKey:
@@ -358,7 +360,9 @@ async def _key(session: AsyncSession, admin: Principal, key_id: int) -> ApiKey:
 
 @router.post("/keys", status_code=201)
 async def create_api_key(body: KeyIn, session: Session, admin: Admin) -> NewKeyOut:
-    if admin.campaigns and (not body.campaigns or not set(body.campaigns) <= admin.campaigns):
+    if admin.campaigns is not None and (
+        not body.campaigns or not set(body.campaigns) <= admin.campaigns
+    ):
         raise ApiError(
             403,
             "forbidden",
