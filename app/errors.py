@@ -99,3 +99,21 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header, else None."""
+    scheme, _, token = (authorization or "").partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
+def missing_key(kind: str) -> ApiError:
+    """401 for a request without a bearer key of ``kind`` (read, admin, ...)."""
+    return ApiError(
+        401,
+        "unauthorized",
+        f"send Authorization: Bearer <{kind} key>",
+        "authorization",
+        headers={"WWW-Authenticate": "Bearer"},
+    )

@@ -23,7 +23,7 @@ from sqlalchemy.orm import selectinload
 from app.db.keys import KeyRequestError, Principal, authenticate, create_key, new_webhook_secret
 from app.db.models import ALERT_KINDS, SCOPES, AlertRule, ApiKey, Campaign, TrackedLink
 from app.db.models import WebhookEndpoint as Webhook
-from app.errors import ApiError
+from app.errors import ApiError, bearer_token, missing_key
 from app.events import CAMPAIGN_PATTERN
 from app.links import SLUG_RE, LinkConfigError, allowed_hosts_for, check_destination
 from app.state import StateDep
@@ -48,16 +48,10 @@ Session = Annotated[AsyncSession, Depends(db_session)]
 async def admin_principal(
     session: Session, authorization: Annotated[str | None, Header()] = None
 ) -> Principal:
-    scheme, _, key = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not key.strip():
-        raise ApiError(
-            401,
-            "unauthorized",
-            "send Authorization: Bearer <admin key>",
-            "authorization",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    principal = await authenticate(session, key.strip())
+    key = bearer_token(authorization)
+    if key is None:
+        raise missing_key("admin")
+    principal = await authenticate(session, key)
     if principal is None:
         raise ApiError(
             401,

@@ -19,7 +19,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Path
 from pydantic import BaseModel, Field
 
-from app.errors import ApiError
+from app.errors import ApiError, bearer_token, missing_key
 from app.events import CAMPAIGN_PATTERN, EVENT_TYPES
 from app.state import AppState, StateDep
 from app.storage.clickhouse import ClickHouse, StorageError
@@ -37,16 +37,10 @@ async def require_read_key(
 ) -> None:
     """401 unless the bearer key is one of ``settings.query.read_keys`` (constant time)."""
     keys = state.settings.query.read_keys
-    scheme, _, given = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not given.strip():
-        raise ApiError(
-            401,
-            "unauthorized",
-            "send Authorization: Bearer <read key>",
-            "authorization",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    digest = _digest(given.strip())
+    given = bearer_token(authorization)
+    if given is None:
+        raise missing_key("read")
+    digest = _digest(given)
     # compare_digest against every key: the time does not depend on which matched.
     matched = False
     for key in keys:

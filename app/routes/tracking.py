@@ -19,7 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app.bus.base import BusUnavailable, Record
 from app.db.keys import Principal, authenticate, hash_key
-from app.errors import ApiError, JsonResponse
+from app.errors import ApiError, JsonResponse, bearer_token
 from app.events import (
     CHANNEL_PATTERN,
     Campaign,
@@ -354,16 +354,16 @@ async def post_events(request: Request, state: StateDep) -> JsonResponse:
 
 async def _principal(state: AppState, authorization: str | None) -> Principal | None:
     """The bearer key's principal, cached per key for one control-plane refresh."""
-    scheme, _, key = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not key.strip():
+    key = bearer_token(authorization)
+    if key is None:
         return None
-    digest = hash_key(key.strip())
+    digest = hash_key(key)
     if digest not in state.key_cache:
         if len(state.key_cache) >= KEY_CACHE_MAX:
             state.key_cache.clear()  # bounded: a flood of random keys cannot grow it
         try:
             async with state.require_db()() as session:
-                principal = await authenticate(session, key.strip())
+                principal = await authenticate(session, key)
                 await session.commit()
         except (SQLAlchemyError, OSError) as exc:
             # The control plane is down: the key cannot be checked now (not cached).
