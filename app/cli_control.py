@@ -166,30 +166,20 @@ def links_create(
     data_dir: DataDir = None,
 ) -> None:
     """Create a tracked link (a seed share: its root token is minted now)."""
-    from app.db.models import TrackedLink
-    from app.links import SLUG_RE, LinkConfigError, allowed_hosts_for, check_destination
+    from app.db.rows import new_link
+    from app.links import SLUG_RE, LinkConfigError
     from app.tokens import TokenSigner
 
     if not SLUG_RE.match(slug):
         raise _fail(f"bad slug {slug!r}: letters, digits, '-' and '_', at most 64")
-    try:
-        hosts = allowed_hosts_for(destination, allowed_host)
-        check_destination(destination, frozenset(hosts))
-    except LinkConfigError as exc:
-        raise _fail(f"refused: {exc}") from exc
 
     async def work(session: AsyncSession, settings: Settings) -> None:
         row = await _campaign(session, campaign)
-        root = TokenSigner.from_settings(settings.tracking).link_root(campaign, slug)
-        session.add(
-            TrackedLink(
-                slug=slug,
-                campaign_id=row.id,
-                destination=destination,
-                allowed_hosts=hosts,
-                root_token=root.raw,
-            )
-        )
+        signer = TokenSigner.from_settings(settings.tracking)
+        try:
+            session.add(new_link(signer, row, slug, destination, allowed_host))
+        except LinkConfigError as exc:
+            raise _fail(f"refused: {exc}") from exc
 
     _run(data_dir, work)
     typer.echo(f"link /r/{slug} -> {destination}")
@@ -299,8 +289,7 @@ def webhooks_add(
     data_dir: DataDir = None,
 ) -> None:
     """Add a webhook endpoint and print its whsec_ signing secret once."""
-    from app.db.keys import new_webhook_secret
-    from app.db.models import WebhookEndpoint
+    from app.db.rows import new_webhook
     from app.routes.admin import WebhookIn
 
     try:
@@ -310,12 +299,7 @@ def webhooks_add(
 
     async def work(session: AsyncSession, _: Settings) -> tuple[int, str]:
         row = await _campaign(session, campaign)
-        endpoint = WebhookEndpoint(
-            campaign_id=row.id,
-            url=str(body.url),
-            secret=new_webhook_secret(),
-            event_types=body.event_types or [],
-        )
+        endpoint = new_webhook(row, str(body.url), body.event_types)
         session.add(endpoint)
         await session.flush()
         return endpoint.id, endpoint.secret

@@ -207,6 +207,9 @@ class LinkRefresher:
         self.state.cors_origins = frozenset().union(
             *(policy.allowed_origins for policy in policies.values())
         )
+        self.state.write_key_campaigns = frozenset(
+            slug for slug, policy in policies.items() if policy.require_write_key
+        )
         self.state.key_cache.clear()  # revocations take effect within one refresh
         return True
 

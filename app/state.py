@@ -46,6 +46,8 @@ class AppState:
     # Cached from the database by app.links.LinkRefresher.
     campaign_policies: dict[str, CampaignPolicy] = field(default_factory=dict)
     cors_origins: frozenset[str] = frozenset()
+    # Campaigns whose /v1/events need a write key (empty: the check is skipped).
+    write_key_campaigns: frozenset[str] = frozenset()
     # sha256(key) -> principal (None: not a valid key); cleared on every refresh.
     key_cache: dict[str, Principal | None] = field(default_factory=dict)
     started_at: float = field(default_factory=time.time)

@@ -287,7 +287,7 @@ def latency(
     """Event to queryable at a steady rate, per bus and flush interval (p50/p95/p99)."""
     import httpx
 
-    from app.bench.ingest import _free_port, _start_broker, _stop
+    from app.bench.ingest import BenchError, _free_port, _start_broker, _stop, _wait_ready
 
     console = Console()
     rows: list[dict[str, Any]] = []
@@ -314,17 +314,11 @@ def latency(
                 proc = _start_up(tmp, env, port)
                 url = f"http://127.0.0.1:{port}"
                 try:
-                    deadline = time.monotonic() + 60
-                    while True:
-                        try:
-                            if httpx.get(f"{url}/healthz").status_code == 200:
-                                break
-                        except httpx.HTTPError:
-                            pass
-                        if proc.poll() is not None or time.monotonic() > deadline:
-                            console.print((tmp / "up.log").read_text()[-2000:])
-                            raise typer.Exit(2)
-                        time.sleep(0.1)
+                    try:
+                        _wait_ready(proc, port, tmp / "up.log")
+                    except BenchError as exc:
+                        console.print(str(exc))
+                        raise typer.Exit(2) from exc
                     sent = asyncio.run(_load(url, rate, seconds, per_request=50))
                     key = (tmp / "d" / "read-key").read_text().strip()
                     auth = {"authorization": f"Bearer {key}"}

@@ -62,9 +62,7 @@ class _PartitionLog:
     def trim_to(self, offset: int) -> int:
         """Free records below ``offset`` (in chunks); returns how many were freed."""
         drop = min(offset, self.end) - self.base
-        if drop < TRIM_CHUNK and drop < len(self.records):
-            return 0
-        if drop <= 0:
+        if drop <= 0 or (drop < TRIM_CHUNK and drop < len(self.records)):
             return 0
         del self.records[:drop]
         self.base += drop

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Header, Path, Response
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator
@@ -20,13 +20,16 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
-from app.db.keys import KeyRequestError, Principal, authenticate, create_key, new_webhook_secret
+from app.db.keys import KeyRequestError, Principal, authenticate, create_key
 from app.db.models import ALERT_KINDS, SCOPES, AlertRule, ApiKey, Campaign, TrackedLink
 from app.db.models import WebhookEndpoint as Webhook
+from app.db.rows import new_link, new_webhook
 from app.errors import ApiError, bearer_token, missing_key
 from app.events import CAMPAIGN_PATTERN
 from app.links import SLUG_RE, LinkConfigError, allowed_hosts_for, check_destination
 from app.state import StateDep
+
+OutT = TypeVar("OutT", bound=BaseModel)
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
 
@@ -92,6 +95,18 @@ async def _commit(session: AsyncSession, what: str, field: str) -> None:
 
 def _not_found(what: str, field: str = "id") -> ApiError:
     return ApiError(404, "not_found", f"no such {what}", field)
+
+
+def _out(model: type[OutT], row: Any, **extra: Any) -> OutT:
+    """``model`` filled from ``row``'s attributes of the same names, plus ``extra``."""
+    fields = {name: getattr(row, name) for name in model.model_fields if name not in extra}
+    return model(**fields, **extra)
+
+
+async def _deleted(session: AsyncSession, row: Any) -> Response:
+    await session.delete(row)
+    await session.commit()
+    return Response(status_code=204)
 
 
 class Strict(BaseModel):
@@ -174,9 +189,7 @@ async def update_campaign(
 
 @router.delete("/campaigns/{slug}", status_code=204)
 async def delete_campaign(slug: CampaignPath, session: Session, admin: Admin) -> Response:
-    await session.delete(await _campaign(session, admin, slug))
-    await session.commit()
-    return Response(status_code=204)
+    return await _deleted(session, await _campaign(session, admin, slug))
 
 
 # ---- tracked links -----------------------------------------------------------
@@ -204,15 +217,7 @@ class LinkOut(BaseModel):
 
 
 def _link_out(link: TrackedLink, campaign: str) -> LinkOut:
-    return LinkOut(
-        slug=link.slug,
-        campaign=campaign,
-        destination=link.destination,
-        allowed_hosts=link.allowed_hosts,
-        url_path=f"/r/{link.slug}",
-        created_at=link.created_at,
-        updated_at=link.updated_at,
-    )
+    return _out(LinkOut, link, campaign=campaign, url_path=f"/r/{link.slug}")
 
 
 def _checked_destination(destination: str, hosts: list[str]) -> tuple[str, list[str]]:
@@ -221,8 +226,12 @@ def _checked_destination(destination: str, hosts: list[str]) -> tuple[str, list[
         allowed = allowed_hosts_for(destination, hosts)
         check_destination(destination, frozenset(allowed))
     except LinkConfigError as exc:
-        raise ApiError(422, "bad_destination", str(exc), "destination") from exc
+        raise _bad_destination(exc) from exc
     return destination, allowed
+
+
+def _bad_destination(exc: LinkConfigError) -> ApiError:
+    return ApiError(422, "bad_destination", str(exc), "destination")
 
 
 async def _link(session: AsyncSession, admin: Principal, slug: str) -> TrackedLink:
@@ -239,15 +248,12 @@ async def _link(session: AsyncSession, admin: Principal, slug: str) -> TrackedLi
 @router.post("/links", status_code=201)
 async def create_link(body: LinkIn, session: Session, admin: Admin, state: StateDep) -> LinkOut:
     campaign = await _campaign(session, admin, body.campaign)
-    destination, hosts = _checked_destination(str(body.destination), body.allowed_hosts or [])
-    root = state.signer.link_root(campaign.slug, body.slug)
-    link = TrackedLink(
-        slug=body.slug,
-        campaign_id=campaign.id,
-        destination=destination,
-        allowed_hosts=hosts,
-        root_token=root.raw,
-    )
+    try:
+        link = new_link(
+            state.signer, campaign, body.slug, str(body.destination), body.allowed_hosts
+        )
+    except LinkConfigError as exc:
+        raise _bad_destination(exc) from exc
     session.add(link)
     await _commit(session, f"link {body.slug!r}", "slug")
     return _link_out(link, campaign.slug)
@@ -284,9 +290,7 @@ async def update_link(slug: LinkPath, body: LinkPatch, session: Session, admin: 
 
 @router.delete("/links/{slug}", status_code=204)
 async def delete_link(slug: LinkPath, session: Session, admin: Admin) -> Response:
-    await session.delete(await _link(session, admin, slug))
-    await session.commit()
-    return Response(status_code=204)
+    return await _deleted(session, await _link(session, admin, slug))
 
 
 # ---- API keys ------------------------------------------------------------------
@@ -322,18 +326,8 @@ class NewKeyOut(KeyOut):
     key: str = Field(description="shown once: store it now")
 
 
-def _key_out(row: ApiKey) -> dict[str, Any]:
-    return {
-        "id": row.id,
-        "name": row.name,
-        "prefix": row.prefix,
-        "scopes": row.scopes,
-        "all_campaigns": row.all_campaigns,
-        "campaigns": sorted(c.slug for c in row.campaigns),
-        "created_at": row.created_at,
-        "last_used_at": row.last_used_at,
-        "revoked_at": row.revoked_at,
-    }
+def _key_out(model: type[OutT], row: ApiKey, **extra: Any) -> OutT:
+    return _out(model, row, campaigns=sorted(c.slug for c in row.campaigns), **extra)
 
 
 def _key_visible(admin: Principal, row: ApiKey) -> bool:
@@ -368,7 +362,7 @@ async def create_api_key(body: KeyIn, session: Session, admin: Admin) -> NewKeyO
     except KeyRequestError as exc:
         raise ApiError(422, "bad_key_request", str(exc), "campaigns") from exc
     await session.commit()
-    return NewKeyOut(key=key, **_key_out(row))
+    return _key_out(NewKeyOut, row, key=key)
 
 
 @router.get("/keys")
@@ -376,12 +370,12 @@ async def list_api_keys(session: Session, admin: Admin) -> list[KeyOut]:
     rows = await session.scalars(
         select(ApiKey).options(selectinload(ApiKey.campaigns)).order_by(ApiKey.id)
     )
-    return [KeyOut(**_key_out(r)) for r in rows if _key_visible(admin, r)]
+    return [_key_out(KeyOut, r) for r in rows if _key_visible(admin, r)]
 
 
 @router.get("/keys/{key_id}")
 async def get_api_key(key_id: int, session: Session, admin: Admin) -> KeyOut:
-    return KeyOut(**_key_out(await _key(session, admin, key_id)))
+    return _key_out(KeyOut, await _key(session, admin, key_id))
 
 
 @router.delete("/keys/{key_id}")
@@ -391,7 +385,7 @@ async def revoke_api_key(key_id: int, session: Session, admin: Admin) -> KeyOut:
     if row.revoked_at is None:
         row.revoked_at = datetime.now(UTC)
         await session.commit()
-    return KeyOut(**_key_out(row))
+    return _key_out(KeyOut, row)
 
 
 # ---- webhook endpoints --------------------------------------------------------------
@@ -423,19 +417,6 @@ class NewWebhookOut(WebhookOut):
     secret: str = Field(description="whsec_… signing secret, shown once")
 
 
-def _webhook_out(row: Webhook, campaign: str) -> dict[str, Any]:
-    return {
-        "id": row.id,
-        "campaign": campaign,
-        "url": row.url,
-        "event_types": row.event_types,
-        "enabled": row.enabled,
-        "disabled_reason": row.disabled_reason,
-        "created_at": row.created_at,
-        "updated_at": row.updated_at,
-    }
-
-
 async def _owned(session: AsyncSession, admin: Principal, model: Any, row_id: int) -> Any:
     row = await session.get(model, row_id)
     slug = (
@@ -451,28 +432,22 @@ async def _owned(session: AsyncSession, admin: Principal, model: Any, row_id: in
 @router.post("/webhooks", status_code=201)
 async def create_webhook(body: WebhookIn, session: Session, admin: Admin) -> NewWebhookOut:
     campaign = await _campaign(session, admin, body.campaign)
-    row = Webhook(
-        campaign_id=campaign.id,
-        url=str(body.url),
-        secret=new_webhook_secret(),
-        event_types=body.event_types or [],
-        enabled=body.enabled is not False,
-    )
+    row = new_webhook(campaign, str(body.url), body.event_types, enabled=body.enabled is not False)
     session.add(row)
     await session.commit()
-    return NewWebhookOut(secret=row.secret, **_webhook_out(row, campaign.slug))
+    return _out(NewWebhookOut, row, campaign=campaign.slug)
 
 
 @router.get("/webhooks")
 async def list_webhooks(session: Session, admin: Admin) -> list[WebhookOut]:
     rows = await session.execute(select(Webhook, Campaign.slug).join(Campaign).order_by(Webhook.id))
-    return [WebhookOut(**_webhook_out(w, s)) for w, s in rows if admin.can("admin", s)]
+    return [_out(WebhookOut, w, campaign=s) for w, s in rows if admin.can("admin", s)]
 
 
 @router.get("/webhooks/{webhook_id}")
 async def get_webhook(webhook_id: int, session: Session, admin: Admin) -> WebhookOut:
     row, slug = await _owned(session, admin, Webhook, webhook_id)
-    return WebhookOut(**_webhook_out(row, slug))
+    return _out(WebhookOut, row, campaign=slug)
 
 
 @router.patch("/webhooks/{webhook_id}")
@@ -490,15 +465,13 @@ async def update_webhook(
             row.disabled_reason = None
     await session.commit()
     await session.refresh(row)
-    return WebhookOut(**_webhook_out(row, slug))
+    return _out(WebhookOut, row, campaign=slug)
 
 
 @router.delete("/webhooks/{webhook_id}", status_code=204)
 async def delete_webhook(webhook_id: int, session: Session, admin: Admin) -> Response:
     row, _ = await _owned(session, admin, Webhook, webhook_id)
-    await session.delete(row)
-    await session.commit()
-    return Response(status_code=204)
+    return await _deleted(session, row)
 
 
 # ---- alert rules ----------------------------------------------------------------------
@@ -537,21 +510,6 @@ class RuleOut(BaseModel):
     updated_at: datetime
 
 
-def _rule_out(row: AlertRule, campaign: str) -> RuleOut:
-    return RuleOut(
-        id=row.id,
-        campaign=campaign,
-        kind=row.kind,
-        thresholds=row.thresholds,
-        window_s=row.window_s,
-        min_volume=row.min_volume,
-        cooldown_s=row.cooldown_s,
-        enabled=row.enabled,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-    )
-
-
 @router.post("/alert-rules", status_code=201)
 async def create_rule(body: RuleIn, session: Session, admin: Admin) -> RuleOut:
     campaign = await _campaign(session, admin, body.campaign)
@@ -560,7 +518,7 @@ async def create_rule(body: RuleIn, session: Session, admin: Admin) -> RuleOut:
     session.add(row)
     await session.commit()
     await session.refresh(row)
-    return _rule_out(row, campaign.slug)
+    return _out(RuleOut, row, campaign=campaign.slug)
 
 
 @router.get("/alert-rules")
@@ -568,12 +526,13 @@ async def list_rules(session: Session, admin: Admin) -> list[RuleOut]:
     rows = await session.execute(
         select(AlertRule, Campaign.slug).join(Campaign).order_by(AlertRule.id)
     )
-    return [_rule_out(r, s) for r, s in rows if admin.can("admin", s)]
+    return [_out(RuleOut, r, campaign=s) for r, s in rows if admin.can("admin", s)]
 
 
 @router.get("/alert-rules/{rule_id}")
 async def get_rule(rule_id: int, session: Session, admin: Admin) -> RuleOut:
-    return _rule_out(*await _owned(session, admin, AlertRule, rule_id))
+    row, slug = await _owned(session, admin, AlertRule, rule_id)
+    return _out(RuleOut, row, campaign=slug)
 
 
 @router.patch("/alert-rules/{rule_id}")
@@ -582,12 +541,10 @@ async def update_rule(rule_id: int, body: RulePatch, session: Session, admin: Ad
     _apply(row, body)
     await session.commit()
     await session.refresh(row)
-    return _rule_out(row, slug)
+    return _out(RuleOut, row, campaign=slug)
 
 
 @router.delete("/alert-rules/{rule_id}", status_code=204)
 async def delete_rule(rule_id: int, session: Session, admin: Admin) -> Response:
     row, _ = await _owned(session, admin, AlertRule, rule_id)
-    await session.delete(row)
-    await session.commit()
-    return Response(status_code=204)
+    return await _deleted(session, row)

@@ -11,7 +11,6 @@ routes answer 503 saying so.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 from datetime import UTC, datetime
 from typing import Annotated
@@ -19,16 +18,13 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Path
 from pydantic import BaseModel, Field
 
+from app.db.keys import hash_key
 from app.errors import ApiError, bearer_token, missing_key
 from app.events import CAMPAIGN_PATTERN, EVENT_TYPES
 from app.state import AppState, StateDep
 from app.storage.clickhouse import ClickHouse, StorageError
 
 router = APIRouter(prefix="/v1", tags=["query"])
-
-
-def _digest(key: str) -> bytes:
-    return hashlib.sha256(key.encode()).digest()
 
 
 async def require_read_key(
@@ -40,11 +36,11 @@ async def require_read_key(
     given = bearer_token(authorization)
     if given is None:
         raise missing_key("read")
-    digest = _digest(given)
+    digest = hash_key(given)
     # compare_digest against every key: the time does not depend on which matched.
     matched = False
     for key in keys:
-        matched |= hmac.compare_digest(digest, _digest(key.get_secret_value()))
+        matched |= hmac.compare_digest(digest, hash_key(key.get_secret_value()))
     if not matched:
         raise ApiError(
             401,

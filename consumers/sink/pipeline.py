@@ -129,28 +129,39 @@ def event_row(event: EventV1, topic: str, partition: int, offset: int) -> Row:
     return (*_event_fields(event), topic, partition, offset)
 
 
-class EventsPipeline:
-    """``share-events`` -> ``events``. ``write`` inserts with the batch's dedup token."""
+class _TableSink:
+    """A sink pipeline's I/O half: rows of ``columns`` into ``table``, one insert a batch."""
 
-    name = "sink"
-    table = "events"
+    name: str
+    table: str
+    columns: tuple[str, ...]
+    received_at_index: int
 
     def __init__(self, clickhouse: ClickHouse | None = None) -> None:
         self.clickhouse = clickhouse
+
+    def received_ms(self, row: Row) -> int | None:
+        value: int = row[self.received_at_index]
+        return value
+
+    async def write(self, rows: Sequence[Row], dedup_token: str) -> None:
+        """One insert with the batch's dedup token (off the loop); raises ``StorageError``."""
+        assert self.clickhouse is not None, f"{self.name} needs a ClickHouse client to write"
+        await self.clickhouse.ainsert(self.table, rows, self.columns, dedup_token=dedup_token)
+
+
+class EventsPipeline(_TableSink):
+    """``share-events`` -> ``events``."""
+
+    name = "sink"
+    table = "events"
+    columns = EVENT_COLUMNS
+    received_at_index = RECEIVED_AT_INDEX
 
     def process(self, record: Record) -> Sequence[Row]:
         """One row per record; pure. Raises ``InvalidMessage`` (bad_json / bad_schema: ...)."""
         event = decode_event(record)
         return (event_row(event, record.topic, record.partition, record.offset),)
-
-    def received_ms(self, row: Row) -> int | None:
-        value: int = row[RECEIVED_AT_INDEX]
-        return value
-
-    async def write(self, rows: Sequence[Row], dedup_token: str) -> None:
-        """One insert into ``events`` (does not block the loop); raises ``StorageError``."""
-        assert self.clickhouse is not None, "EventsPipeline.write needs a ClickHouse client"
-        await self.clickhouse.ainsert(self.table, rows, EVENT_COLUMNS, dedup_token=dedup_token)
 
 
 def _opt_str(envelope: dict[str, Any], key: str) -> str | None:
@@ -207,22 +218,13 @@ def dlq_row(record: Record) -> Row:
     return (reason, field, message, source, payload, topic, partition, offset, received_at)
 
 
-class DlqPipeline:
+class DlqPipeline(_TableSink):
     """``share-events-dlq`` -> ``events_dlq``; its own poison is skipped (no DLQ of the DLQ)."""
 
     name = "sink-dlq"
     table = "events_dlq"
-
-    def __init__(self, clickhouse: ClickHouse | None = None) -> None:
-        self.clickhouse = clickhouse
+    columns = DLQ_COLUMNS
+    received_at_index = DLQ_RECEIVED_AT_INDEX
 
     def process(self, record: Record) -> Sequence[Row]:
         return (dlq_row(record),)
-
-    def received_ms(self, row: Row) -> int | None:
-        value: int = row[DLQ_RECEIVED_AT_INDEX]
-        return value
-
-    async def write(self, rows: Sequence[Row], dedup_token: str) -> None:
-        assert self.clickhouse is not None, "DlqPipeline.write needs a ClickHouse client"
-        await self.clickhouse.ainsert(self.table, rows, DLQ_COLUMNS, dedup_token=dedup_token)
