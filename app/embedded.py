@@ -31,6 +31,7 @@ from app.settings import Settings
 from app.storage.clickhouse import ClickHouse
 from app.storage.migrate import MIGRATIONS_DIR, migrate
 from consumers.base import ConsumerMetrics, KafkaTransport, Transport, run_all
+from consumers.cascades.runner import cascades_runner
 from consumers.sink.runner import sink_runners
 
 log = logging.getLogger(__name__)
@@ -130,13 +131,13 @@ class Embedded:
             lifespan="on",
         )
         self.server = _Server(config)
-        runners = sink_runners(
-            settings,
-            clickhouse,
-            self.consumers_stop,
-            ConsumerMetrics(api_metrics.registry),
-            transport,
-        )
+        consumer_metrics = ConsumerMetrics(api_metrics.registry)
+        runners = [
+            *sink_runners(settings, clickhouse, self.consumers_stop, consumer_metrics, transport),
+            cascades_runner(
+                settings, clickhouse, self.consumers_stop, consumer_metrics, transport
+            ),
+        ]
         consumers = asyncio.create_task(run_all(runners, self.consumers_stop), name="consumers")
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

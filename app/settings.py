@@ -29,6 +29,8 @@ class KafkaSettings(BaseModel):
     bootstrap: str | None = None
     topic: str = "share-events"
     dlq_topic: str = "share-events-dlq"
+    # Spread signals from the cascades consumer, for the alerts consumer.
+    signals_topic: str = "spread-signals"
     partitions: int = Field(12, ge=1, le=10_000)
     replication_factor: int = Field(1, ge=1, le=16)
     # Off for brokers without InitProducerId support (e.g. Tansu 0.6).
@@ -133,6 +135,41 @@ class ConsumerSettings(BaseModel):
     retry_max_s: float = Field(30.0, gt=0)
 
 
+class CascadeSettings(BaseModel):
+    """The cascades consumer (consumers/cascades): state, snapshots and spread signals."""
+
+    # Stats snapshots: each changed cascade is written at most once per interval
+    # (the consumer's batch age), so a hot cascade costs one row per interval.
+    snapshot_interval_s: float = Field(5.0, gt=0, le=300)
+    # A batch is also cut at this many records (only reached above
+    # batch_max_records / snapshot_interval_s events per second).
+    batch_max_records: int = Field(500_000, ge=1)
+    # A share whose parent has not arrived this much later (event time) is an orphan.
+    orphan_after_s: float = Field(600.0, ge=0)
+    # Pending (parent not yet seen) shares per cascade; beyond it the oldest is orphaned.
+    max_pending: int = Field(10_000, ge=1)
+    # Cascades with no event for this long (processing time) leave memory after a
+    # write; their next event restores them from ClickHouse.
+    idle_evict_s: float = Field(900.0, ge=0)
+    # Forecast: the exponential kernel's time scale (docs/forecast.md).
+    forecast_tau_s: float = Field(1800.0, gt=0)
+    # spread.accelerating: shares/min over the last accel_window_min minutes at
+    # least accel_factor times the mean of the hour before, and at least accel_min_rate.
+    accel_window_min: int = Field(5, ge=1, le=30)
+    accel_factor: float = Field(3.0, gt=1)
+    accel_min_rate: float = Field(2.0, gt=0)
+    # spread.viral: windowed K-factor above viral_k for viral_sustain_min minutes in a row.
+    k_window_min: int = Field(10, ge=1, le=720)
+    viral_k: float = Field(1.0, gt=0)
+    viral_sustain_min: int = Field(3, ge=1, le=120)
+    viral_min_sharers: int = Field(20, ge=1)
+    # spread.forecast_exceeds: forecast final size at or above this.
+    forecast_threshold: float = Field(1_000.0, gt=0)
+    # spread.structural_virality: structural virality at or above this at this size.
+    virality_threshold: float = Field(4.0, gt=1)
+    virality_min_size: int = Field(50, ge=3)
+
+
 class DatabaseSettings(BaseModel):
     """The control-plane database (campaigns, links, keys, webhooks).
 
@@ -199,6 +236,7 @@ class Settings(BaseSettings):
     clickhouse: ClickHouseSettings = Field(default_factory=ClickHouseSettings)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     consumer: ConsumerSettings = Field(default_factory=ConsumerSettings)
+    cascades: CascadeSettings = Field(default_factory=CascadeSettings)
     query: QuerySettings = Field(default_factory=QuerySettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
 

@@ -35,7 +35,7 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -47,7 +47,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from app.bus.base import BusError
 from app.settings import Settings
-from app.storage.clickhouse import StorageError
+from app.storage.clickhouse import ClickHouse, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,22 @@ class Pipeline(Protocol):
     async def write(self, rows: Sequence[Row], dedup_token: str) -> None:
         """Write a batch; raises ``StorageError``. Must be idempotent for a given token."""
         ...
+
+
+class StatefulPipeline(Pipeline, Protocol):
+    """A pipeline whose ``process`` reads state that lives beside it (the cascades).
+
+    ``prepare`` loads what the records of one fetch need (e.g. restores state
+    from storage) before ``process`` sees them; it raises ``StorageError`` to
+    be retried. ``revoked`` is called after the revoke-time flush: the state of
+    those partitions now belongs to another consumer. Optional class
+    attributes ``batch_max_records`` / ``batch_max_seconds`` override the
+    consumer settings for this pipeline.
+    """
+
+    async def prepare(self, records: Sequence[Record]) -> None: ...
+
+    def revoked(self, partitions: set[TopicPartition]) -> None: ...
 
 
 @dataclass
@@ -318,7 +334,7 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         self.runner = runner
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
-        await self.runner.flush_on_revoke()
+        await self.runner.flush_on_revoke(set(revoked))
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         log.info("%s: assigned %s", self.runner.name, sorted(str(tp) for tp in assigned))
@@ -374,7 +390,10 @@ class ConsumerRunner:
         self._generation = 0  # bumped on every revoke
 
     def _new_batch(self) -> Batch:
-        return Batch(self.cfg.batch_max_records, self.cfg.batch_max_seconds)
+        return Batch(
+            getattr(self.pipeline, "batch_max_records", self.cfg.batch_max_records),
+            getattr(self.pipeline, "batch_max_seconds", self.cfg.batch_max_seconds),
+        )
 
     # ---- main loop -------------------------------------------------------
 
@@ -421,6 +440,8 @@ class ConsumerRunner:
                 # Records a poll returns belong to the assignment current when it returns.
                 generation = self._generation
             fetched, pending = pending, {}
+            if fetched and not await self._prepare(fetched, generation):
+                continue  # a rebalance reset the positions: this fetch comes again
             for tp, records in fetched.items():
                 for record in records:
                     if self._generation != generation:
@@ -432,6 +453,30 @@ class ConsumerRunner:
                 self._observe_lag(tp, records)
             if self.batch.ready(self.clock()):
                 pending, generation = await self._flush_until_written()
+
+    async def _prepare(self, fetched: dict[TopicPartition, list[Record]], generation: int) -> bool:
+        """``pipeline.prepare`` for one fetch, retried with backoff while storage fails.
+
+        False when a rebalance happened meanwhile (the fetch is stale). While it
+        retries nothing is processed; the consumer is not polled, so an outage
+        longer than ``max.poll.interval.ms`` costs a rebalance, which is safe:
+        nothing of this fetch was processed or committed.
+        """
+        prepare = getattr(self.pipeline, "prepare", None)
+        if prepare is None:
+            return True
+        records = [record for batch in fetched.values() for record in batch]
+        delay = self.cfg.retry_initial_s
+        while self._generation == generation:
+            try:
+                await prepare(records)
+                return True
+            except StorageError as exc:
+                log.warning("%s: prepare failed, retrying in %.2fs: %s", self.name, delay, exc)
+            if await self._wait_stop(delay):
+                raise _Stopping
+            delay = min(delay * 2, self.cfg.retry_max_s)
+        return False
 
     async def _handle(self, tp: TopicPartition, record: Record) -> None:
         try:
@@ -589,16 +634,18 @@ class ConsumerRunner:
                 # Only partitions still assigned; the rest went away with a rebalance.
                 self.consumer.resume(*(paused & self.consumer.assignment()))
 
-    async def flush_on_revoke(self) -> None:
-        """Rebalance: write and commit the batch once; on failure drop it uncommitted."""
+    async def flush_on_revoke(self, revoked: set[TopicPartition] | None = None) -> None:
+        """Rebalance: write and commit the batch once; on failure drop it uncommitted.
+
+        Then a ``StatefulPipeline`` drops the state of ``revoked`` (all partitions when None).
+        """
         async with self._lock:
             self._generation += 1
             batch, self.batch = self.batch, self._new_batch()
-            if not batch:
-                return
             try:
-                await self._write_and_commit(batch)
-                log.info("%s: flushed %d records on revoke", self.name, batch.records)
+                if batch:
+                    await self._write_and_commit(batch)
+                    log.info("%s: flushed %d records on revoke", self.name, batch.records)
             except StorageError:
                 log.warning(
                     "%s: write failed on revoke; %d records left uncommitted (redelivered)",
@@ -606,6 +653,10 @@ class ConsumerRunner:
                     batch.records,
                     exc_info=True,
                 )
+            finally:
+                drop = getattr(self.pipeline, "revoked", None)
+                if drop is not None:
+                    drop(revoked if revoked is not None else set(self.consumer.assignment()))
 
     async def _final_flush(self) -> None:
         async with self._lock:
@@ -641,6 +692,22 @@ def install_signal_handlers(stop: asyncio.Event) -> Callable[[], None]:
             loop.remove_signal_handler(sig)
 
     return undo
+
+
+@contextlib.asynccontextmanager
+async def open_clickhouse(
+    settings: Settings, clickhouse: ClickHouse | None = None
+) -> AsyncIterator[ClickHouse]:
+    """``clickhouse`` as is (the caller closes it), else a client for
+    ``settings.clickhouse_dsn`` closed on exit. Raises ``StorageError``."""
+    if clickhouse is not None:
+        yield clickhouse
+        return
+    ch = await asyncio.to_thread(ClickHouse, settings.clickhouse_dsn)
+    try:
+        yield ch
+    finally:
+        await asyncio.to_thread(ch.close)
 
 
 async def run_all(runners: Sequence[ConsumerRunner], stop: asyncio.Event) -> None:

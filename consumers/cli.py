@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 import typer
 
@@ -19,19 +20,32 @@ def _consumers() -> None:
     # A callback keeps `sink` a subcommand: typer collapses a one-command app.
 
 
-@consume_app.command()
-def sink() -> None:
-    """Write share-events to ClickHouse (events, events_dlq) until SIGTERM/SIGINT."""
+def _run_until_signal(run: Callable[[Settings, asyncio.Event], Awaitable[None]]) -> None:
     settings = Settings()
     configure_logging(settings.server.log_level)
-    from consumers.sink.runner import run_sink
 
     async def main() -> None:
         stop = asyncio.Event()
         undo = install_signal_handlers(stop)
         try:
-            await run_sink(settings, stop)
+            await run(settings, stop)
         finally:
             undo()
 
     asyncio.run(main())
+
+
+@consume_app.command()
+def sink() -> None:
+    """Write share-events to ClickHouse (events, events_dlq) until SIGTERM/SIGINT."""
+    from consumers.sink.runner import run_sink
+
+    _run_until_signal(run_sink)
+
+
+@consume_app.command()
+def cascades() -> None:
+    """Rebuild share cascades live (cascade_nodes, cascade_stats, spread signals)."""
+    from consumers.cascades.runner import run_cascades
+
+    _run_until_signal(run_cascades)

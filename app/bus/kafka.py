@@ -306,16 +306,15 @@ class KafkaBus:
         return True
 
     async def _ensure_topics(self) -> None:
-        admin = AIOKafkaAdminClient(
-            bootstrap_servers=self._settings.bootstrap, client_id=self._settings.client_id
-        )
+        s = self._settings
+        admin = AIOKafkaAdminClient(bootstrap_servers=s.bootstrap, client_id=s.client_id)
         async with asyncio.timeout(self._settings.send_timeout_s):
             await admin.start()
             try:
                 existing = set(await admin.list_topics())
                 wanted = [
-                    NewTopic(name, self._settings.partitions, self._settings.replication_factor)
-                    for name in (self._settings.topic, self._settings.dlq_topic)
+                    NewTopic(name, s.partitions, s.replication_factor)
+                    for name in (s.topic, s.dlq_topic, s.signals_topic)
                     if name not in existing
                 ]
                 if wanted:

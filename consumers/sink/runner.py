@@ -24,6 +24,7 @@ from consumers.base import (
     KafkaTransport,
     Pipeline,
     Transport,
+    open_clickhouse,
     run_all,
 )
 from consumers.sink.pipeline import DlqPipeline, EventsPipeline
@@ -79,14 +80,5 @@ async def run_sink(
     stop = stop or asyncio.Event()
     transport = transport or KafkaTransport.from_settings(settings)
     metrics = ConsumerMetrics(registry or REGISTRY)
-    own = clickhouse is None
-    ch = (
-        clickhouse
-        if clickhouse is not None
-        else await asyncio.to_thread(ClickHouse, settings.clickhouse_dsn)
-    )
-    try:
+    async with open_clickhouse(settings, clickhouse) as ch:
         await run_all(sink_runners(settings, ch, stop, metrics, transport), stop)
-    finally:
-        if own:
-            await asyncio.to_thread(ch.close)
