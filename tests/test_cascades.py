@@ -21,6 +21,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from prometheus_client import CollectorRegistry
 
 from app.settings import Settings
+from app.storage.cascades import campaign_cascades
 from app.storage.clickhouse import ClickHouse
 from consumers.base import ConsumerMetrics, KafkaTransport, run_all
 from consumers.cascades.pipeline import STATS_COLUMNS
@@ -143,6 +144,35 @@ def assert_matches(got: dict[str, Any], want: CascadeStats) -> None:
             assert value == expected, (want.root, name, value, expected)
 
 
+async def check_campaign_metrics(ch: ClickHouse, want: dict[str, CascadeStats]) -> None:
+    """The per-campaign numbers equal sums over the oracle's cascades."""
+    got = await campaign_cascades(ch, CAMPAIGN)
+    stats = list(want.values())
+    assert got.cascades == len(stats)
+    assert got.shares == sum(s.size for s in stats)
+    assert got.largest == max(s.size for s in stats)
+    assert got.k_factor == sum(s.valid_recruits for s in stats) / sum(s.valid_nodes for s in stats)
+    assert got.invitation_conversion == sum(s.conversions for s in stats) / sum(
+        s.clicks for s in stats
+    )
+    for column, attribute in (
+        ("top_descendants", "top_by_descendants"),
+        ("top_children", "top_by_children"),
+    ):
+        merged = sorted(
+            ((count, node, s.root) for s in stats for node, count in getattr(s, column)),
+            reverse=True,
+        )[:10]
+        assert [(sp.count, sp.node, sp.root) for sp in getattr(got, attribute)] == merged
+    mix: dict[tuple[int, str], int] = {}
+    for s in stats:
+        for generation, channel, count in s.channel_mix:
+            mix[(generation, channel)] = mix.get((generation, channel), 0) + count
+    assert got.channels_by_generation == [(g, c, n) for (g, c), n in sorted(mix.items())]
+    assert sum(got.size_buckets.values()) == len(stats)
+    assert got.size_buckets["1001+"] == 0
+
+
 async def all_committed(settings: Settings, ends: dict[Any, int]) -> None:
     async def check() -> tuple[bool, Any]:
         got = await committed(settings, "cascades", settings.kafka.topic)
@@ -207,6 +237,8 @@ async def test_cascades_through_the_broker_equal_the_oracle(
     # Every node and touch is stored once (FINAL), the footprints restore needs.
     nodes = await migrated.aquery_rows("SELECT count() FROM cascade_nodes FINAL")
     assert nodes[0][0] == sum(s.size + s.pending for s in want.values())
+
+    await check_campaign_metrics(migrated, want)
 
     dead = values(await consume(bootstrap, settings.kafka.dlq_topic, 2, timeout_s=20))
     assert sorted(d["reason"] for d in dead) == ["bad_json", "bad_schema"]
