@@ -216,9 +216,9 @@ def test_fraud_and_noise_are_counted_and_kept_out() -> None:
     shares = tree_shares([-1, 0, 1, 1], rng)
     root, a, b, c = shares
     # b is shared by a's own visitor (same person), c from a's network bucket.
-    b = dataclasses.replace(b, visitor=a.visitor)
-    c = dataclasses.replace(c, net=77)
-    a = dataclasses.replace(a, net=77)
+    b = b._replace(visitor=a.visitor)
+    c = c._replace(net=77)
+    a = a._replace(net=77)
     cascade = new_cascade(shares)
     for share in (root, a, b, c):
         cascade.add_share(share)
@@ -255,7 +255,7 @@ def test_bots_never_count() -> None:
     rng = random.Random(8)
     shares = tree_shares([-1, 0, 1], rng)
     root, a, b = shares
-    a = dataclasses.replace(a, bot=True)
+    a = a._replace(bot=True)
     cascade = new_cascade(shares)
     for share in (root, a, b):
         cascade.add_share(share)

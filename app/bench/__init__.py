@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import typer
 
+from app.bench.cascades import cascades as _cascades
+from app.bench.forecast import forecast as _forecast
 from app.bench.ingest import ingest as _ingest
 from app.bench.sink import latency as _latency
 from app.bench.sink import sink as _sink
@@ -18,5 +20,7 @@ bench = typer.Typer(
 bench.command("ingest")(_ingest)
 bench.command("sink")(_sink)
 bench.command("latency")(_latency)
+bench.command("forecast")(_forecast)
+bench.command("cascades")(_cascades)
 
 __all__ = ["bench"]

@@ -83,7 +83,7 @@ _TOUCHES_SQL = (
 
 def _hex_id(value: Any, what: str) -> int:
     """A 16-hex-digit id as an int; ``ValueError`` otherwise."""
-    if not isinstance(value, str) or len(value) != 16:
+    if type(value) is not str or len(value) != 16:
         raise ValueError(f"{what}: not a 16-hex-digit id")
     return int(value, 16)
 
@@ -124,30 +124,32 @@ def decode(record: Record) -> tuple[Share | Touch, int] | None:
 
 
 def _decode_event(event: dict[str, Any], kind: str) -> tuple[Share | Touch, int]:
-    event_id, campaign, ts, received = (
-        event["event_id"], event["campaign"], event["ts"], event["received_at"],
-    )  # fmt: skip
-    if not (isinstance(event_id, str) and isinstance(campaign, str)):
+    get = event.get
+    event_id, campaign = get("event_id"), get("campaign")
+    ts, received = get("ts"), get("received_at")
+    if type(event_id) is not str or type(campaign) is not str:
         raise ValueError("event_id and campaign must be strings")
     if type(ts) is not int or type(received) is not int or ts < 0:
         raise ValueError("ts and received_at must be epoch-ms integers")
-    root = _hex_id(event["root"], "root")
-    node = _hex_id(event.get("node"), "node")
-    visitor = _opt_hex(event.get("visitor"), "visitor")
+    root = _hex_id(get("root"), "root")
+    node = _hex_id(get("node"), "node")
+    visitor = get("visitor")
+    visitor = 0 if visitor is None else _hex_id(visitor, "visitor")
     if kind != "share":
         return Touch(event_id, campaign, root, node, kind, ts, visitor), received
-    depth = event.get("depth")
+    depth = get("depth")
     if type(depth) is not int or not 0 <= depth <= 0xFFFF:
         raise ValueError("depth must be an integer 0-65535")
-    parent = event.get("parent")
-    channel = event.get("channel")
-    if channel is not None and not isinstance(channel, str):
+    parent = get("parent")
+    net = get("net")
+    channel = get("channel")
+    if channel is not None and type(channel) is not str:
         raise ValueError("channel must be a string")
     share = Share(
         event_id, campaign, root, node,
         None if parent is None else _hex_id(parent, "parent"),
-        depth, ts, visitor, _opt_hex(event.get("net"), "net"), channel,
-        event.get("bot") is True,
+        depth, ts, visitor, 0 if net is None else _hex_id(net, "net"), channel,
+        get("bot") is True,
     )  # fmt: skip
     return share, received
 
@@ -271,16 +273,18 @@ class CascadesPipeline:
             )
         nodes, recruits = cascade.valid_nodes, cascade.valid_recruits
         try:
-            if isinstance(item, Share):
-                changed = cascade.add_share(item)
-            else:
-                changed = cascade.add_touch(item)
+            changed = (
+                cascade.add_share(item)
+                if type(item) is Share
+                else cascade.add_touch(item)  # type: ignore[arg-type]
+            )
         except ValueError as exc:
             raise InvalidMessage(record.partition, record.offset, f"bad_lineage: {exc}") from None
         self.used_at[item.root] = self.clock()
         if not changed:
             return ()
         self.dirty.add(item.root)
+        # Touches can change these too: a later event time orphans stranded shares.
         if cascade.valid_nodes != nodes or cascade.valid_recruits != recruits:
             windows = self.windows.get(item.campaign)
             if windows is None:
