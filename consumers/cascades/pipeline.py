@@ -124,34 +124,65 @@ def decode(record: Record) -> tuple[Share | Touch, int] | None:
 
 
 def _decode_event(event: dict[str, Any], kind: str) -> tuple[Share | Touch, int]:
+    # The hot path of the consumer: one type check per field, then the precise
+    # message only when something is wrong (``_problem``).
     get = event.get
-    event_id, campaign = get("event_id"), get("campaign")
-    ts, received = get("ts"), get("received_at")
-    if type(event_id) is not str or type(campaign) is not str:
-        raise ValueError("event_id and campaign must be strings")
-    if type(ts) is not int or type(received) is not int or ts < 0:
-        raise ValueError("ts and received_at must be epoch-ms integers")
-    root = _hex_id(get("root"), "root")
-    node = _hex_id(get("node"), "node")
-    visitor = get("visitor")
-    visitor = 0 if visitor is None else _hex_id(visitor, "visitor")
+    event_id, campaign, ts = get("event_id"), get("campaign"), get("ts")
+    received, root, node, visitor = get("received_at"), get("root"), get("node"), get("visitor")
+    if not (
+        type(event_id) is str
+        and type(campaign) is str
+        and type(ts) is int
+        and type(received) is int
+        and ts >= 0
+        and type(root) is str
+        and len(root) == 16
+        and type(node) is str
+        and len(node) == 16
+        and (visitor is None or (type(visitor) is str and len(visitor) == 16))
+    ):
+        raise ValueError(_problem(event))
+    visitor_id = 0 if visitor is None else int(visitor, 16)
     if kind != "share":
-        return Touch(event_id, campaign, root, node, kind, ts, visitor), received
-    depth = get("depth")
-    if type(depth) is not int or not 0 <= depth <= 0xFFFF:
-        raise ValueError("depth must be an integer 0-65535")
-    parent = get("parent")
-    net = get("net")
-    channel = get("channel")
-    if channel is not None and type(channel) is not str:
-        raise ValueError("channel must be a string")
-    share = Share(
-        event_id, campaign, root, node,
-        None if parent is None else _hex_id(parent, "parent"),
-        depth, ts, visitor, 0 if net is None else _hex_id(net, "net"), channel,
-        get("bot") is True,
+        touch = (event_id, campaign, int(root, 16), int(node, 16), kind, ts, visitor_id)
+        # tuple.__new__ skips the NamedTuple's Python-level __new__ (a third of decode).
+        return tuple.__new__(Touch, touch), received
+    depth, parent, net, channel = get("depth"), get("parent"), get("net"), get("channel")
+    if not (
+        type(depth) is int
+        and 0 <= depth <= 0xFFFF
+        and (parent is None or (type(parent) is str and len(parent) == 16))
+        and (net is None or (type(net) is str and len(net) == 16))
+        and (channel is None or type(channel) is str)
+    ):
+        raise ValueError(_problem(event))
+    share = (
+        event_id, campaign, int(root, 16), int(node, 16),
+        None if parent is None else int(parent, 16), depth, ts, visitor_id,
+        0 if net is None else int(net, 16), channel, get("bot") is True,
     )  # fmt: skip
-    return share, received
+    return tuple.__new__(Share, share), received
+
+
+def _problem(event: dict[str, Any]) -> str:
+    """What is wrong with an event ``_decode_event`` refused (slow path)."""
+    for name in ("event_id", "campaign"):
+        if type(event.get(name)) is not str:
+            return f"{name}: must be a string"
+    for name in ("ts", "received_at"):
+        value = event.get(name)
+        if type(value) is not int or value < 0:
+            return f"{name}: must be epoch milliseconds"
+    for name in ("root", "node", "visitor", "parent", "net"):
+        value = event.get(name)
+        if value is None and name not in ("root", "node"):
+            continue
+        if type(value) is not str or len(value) != 16:
+            return f"{name}: not a 16-hex-digit id"
+    depth = event.get("depth")
+    if type(depth) is not int or not 0 <= depth <= 0xFFFF:
+        return "depth: must be an integer 0-65535"
+    return "channel: must be a string"
 
 
 def node_rows(
@@ -252,6 +283,7 @@ class CascadesPipeline:
         self.signal_state: dict[int, SignalState] = {}
         self.windows: dict[str, CampaignWindows] = {}
         self._flush: Flush | None = None
+        self.now = clock()  # per fetch (prepare), not per event: for idle eviction only
         self.restored = 0  # cascades restored from storage, for tests and logs
 
     # ---- pure step -----------------------------------------------------
@@ -280,7 +312,7 @@ class CascadesPipeline:
             )
         except ValueError as exc:
             raise InvalidMessage(record.partition, record.offset, f"bad_lineage: {exc}") from None
-        self.used_at[item.root] = self.clock()
+        self.used_at[item.root] = self.now
         if not changed:
             return ()
         self.dirty.add(item.root)
@@ -302,6 +334,7 @@ class CascadesPipeline:
 
     async def prepare(self, records: Sequence[Record]) -> None:
         """Restore the cascades of ``records`` that are not in memory; raises ``StorageError``."""
+        self.now = self.clock()
         if self.clickhouse is None:
             return
         missing: dict[str, dict[str, int]] = {}  # campaign -> root hex -> partition

@@ -258,19 +258,25 @@ class Cascade:
             return self._see_root(share)
         if node in self.index or node in self.pending_ids:
             return False
-        if share.parent is None or share.depth < 1:
+        depth = share.depth
+        if share.parent is None or depth < 1:
             raise ValueError("a non-root share needs a parent and depth >= 1")
         parent = self.index.get(share.parent)
-        if parent is not None and self.depth[parent] + 1 != share.depth:
+        if parent is not None and self.depth[parent] + 1 != depth:
             raise ValueError("share depth does not follow its parent's")
         self.version += 1
-        self._stamp(share.ts)
+        ts = share.ts
+        if ts < self.first_ts:
+            self.first_ts = ts
+        if ts > self.last_ts:
+            self.last_ts = ts
         self.dirty_nodes.add(node)
         if parent is None:
             self._hold(share)
         else:
             self._attach(share, parent)
-        self._expire_pending()
+        if self.pending:
+            self._expire_pending()
         return True
 
     def add_touch(self, touch: Touch) -> bool:
@@ -279,14 +285,19 @@ class Cascade:
             return False
         self.seen.add(touch.event_id)
         self.version += 1
-        self._stamp(touch.ts)
+        ts = touch.ts
+        if ts < self.first_ts:
+            self.first_ts = ts
+        if ts > self.last_ts:
+            self.last_ts = ts
         self.touch_rows.append(touch)
         index = self.index.get(touch.node)
         if index is None:
             self.held.setdefault(touch.node, []).append(touch)
         else:
             self._credit(index, touch)
-        self._expire_pending()
+        if self.pending:
+            self._expire_pending()
         return True
 
     def _stamp(self, ts: int) -> None:
@@ -352,7 +363,8 @@ class Cascade:
         self.sharer.append(visitor)
         self.net.append(net)
         self.ts.append(ts)
-        self.channel.append(self._channel_code(channel))
+        code = self.channel_codes.get(channel)
+        self.channel.append(self._channel_code(channel) if code is None else code)
         self.flags.append(flags)
         breadth = self.breadth
         while len(breadth) <= depth:
@@ -365,34 +377,28 @@ class Cascade:
         self.exposure.add(ts)
         return index
 
-    def _share_flags(self, share: Share, parent: int) -> int:
-        flags = FLAG_BOT if share.bot else 0
-        if (share.visitor and share.visitor == self.sharer[parent]) or (
-            share.net and share.net == self.net[parent]
-        ):
-            flags |= FLAG_SAME_ORIGIN
-        return flags
-
     def _attach(self, share: Share, parent: int) -> None:
         """Make ``share`` live under live node ``parent``, then what waited for it."""
         stack = [(share, parent)]
         while stack:  # iterative: a long chain may have waited
             share, parent = stack.pop()
-            flags = self._share_flags(share, parent)
+            visitor, net = share.visitor, share.net
+            flags = FLAG_BOT if share.bot else 0
+            if (visitor and visitor == self.sharer[parent]) or (net and net == self.net[parent]):
+                flags |= FLAG_SAME_ORIGIN
             index = self._append(
-                share.node, parent, share.depth, share.ts, share.visitor, share.net,
-                share.channel, flags,
-            )  # fmt: skip
+                share.node, parent, share.depth, share.ts, visitor, net, share.channel, flags
+            )
             self._count_valid(index, parent)
             self._link(index, parent, 1)
-            stack += self._became_live(share, index)
+            if visitor and not flags & FLAG_BOT:
+                self.reach.add(visitor)
+            if self.held or self.pending or self.orphans_of:
+                stack += self._became_live(share.node, index)
 
-    def _became_live(self, share: Share, index: int) -> list[tuple[Share, int]]:
-        """Reach, held touches and orphans of the node now live; returns the shares
-        that waited for it, to attach under it."""
-        node = share.node
-        if share.visitor and not share.bot:
-            self.reach.add(share.visitor)
+    def _became_live(self, node: int, index: int) -> list[tuple[Share, int]]:
+        """Held touches and orphans of the node now live; returns the shares that
+        waited for it, to attach under it."""
         held = self.held.pop(node, None)
         if held:
             for touch in held:
@@ -507,7 +513,9 @@ class Cascade:
         self.orphans_of.setdefault(parent_id, []).append(index)
         self.orphan_parent[index] = parent_id
         self._count_valid(index, NO_NODE)
-        for child, parent in self._became_live(share, index):
+        if share.visitor and not share.bot:
+            self.reach.add(share.visitor)
+        for child, parent in self._became_live(share.node, index):
             self._attach(child, parent)
 
     def _adopt(self, orphan: int, parent: int) -> None:
