@@ -86,6 +86,17 @@ class InvalidMessage(Exception):
         self.reason = reason
 
 
+def json_object(record: Record) -> dict[str, Any]:
+    """The record's value as a JSON object; raises ``InvalidMessage`` (bad_json / bad_schema)."""
+    try:
+        value = orjson.loads(record.value or b"")
+    except orjson.JSONDecodeError:
+        raise InvalidMessage(record.partition, record.offset, "bad_json") from None
+    if not isinstance(value, dict):
+        raise InvalidMessage(record.partition, record.offset, "bad_schema: not an object")
+    return value
+
+
 class Pipeline(Protocol):
     """A consumer's own part: a pure ``process`` step and an I/O ``write`` step."""
 

@@ -37,7 +37,7 @@ from aiokafka.errors import KafkaError
 from app.bus.base import BusError
 from app.settings import CascadeSettings
 from app.storage.clickhouse import ClickHouse, StorageError
-from consumers.base import InvalidMessage, Record, Row, now_ms
+from consumers.base import InvalidMessage, Record, Row, json_object, now_ms
 from consumers.cascades.signals import CampaignWindows, SignalState, cascade_signals, viral_signal
 from consumers.cascades.state import (
     TOUCH_KINDS,
@@ -106,12 +106,7 @@ def decode(record: Record) -> tuple[Share | Touch, int] | None:
     key = record.key
     if key is not None and key.startswith(b"campaign:"):
         return None
-    try:
-        event = orjson.loads(record.value or b"")
-    except orjson.JSONDecodeError:
-        raise InvalidMessage(record.partition, record.offset, "bad_json") from None
-    if not isinstance(event, dict):
-        raise InvalidMessage(record.partition, record.offset, "bad_schema: not an object")
+    event = json_object(record)
     kind = event.get("type")
     if kind != "share" and (kind not in TOUCH_KINDS or event.get("bot") is True):
         return None

@@ -285,7 +285,7 @@ class Cascade:
             return False
         self.seen.add(touch.event_id)
         self.version += 1
-        ts = touch.ts
+        ts = touch.ts  # _stamp, inlined here and in add_share: the hot path
         if ts < self.first_ts:
             self.first_ts = ts
         if ts > self.last_ts:

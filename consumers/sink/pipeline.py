@@ -28,7 +28,7 @@ from pydantic import ValidationError
 
 from app.events import UUID_PATTERN, EventV1
 from app.storage.clickhouse import ClickHouse
-from consumers.base import InvalidMessage, Record, Row
+from consumers.base import InvalidMessage, Record, Row, json_object
 
 # The events table's columns, in order (migrations/clickhouse/0001_events.sql).
 EVENT_COLUMNS: tuple[str, ...] = (
@@ -183,12 +183,7 @@ def dlq_row(record: Record) -> Row:
     refused it before it reached a topic) where this DLQ message was read.
     ``received_at`` is the envelope's (ms), else the record's timestamp.
     """
-    try:
-        envelope = orjson.loads(record.value or b"")
-    except orjson.JSONDecodeError:
-        raise InvalidMessage(record.partition, record.offset, "bad_json") from None
-    if not isinstance(envelope, dict):
-        raise InvalidMessage(record.partition, record.offset, "bad_schema: not an object")
+    envelope = json_object(record)
     reason = envelope.get("reason")
     if not isinstance(reason, str) or not reason:
         raise InvalidMessage(record.partition, record.offset, "bad_schema: reason: missing")
