@@ -64,6 +64,9 @@ CLICK_KINDS = frozenset({"view", "click"})
 CONVERSION_KINDS = frozenset({"signup", "convert"})
 TOUCH_KINDS = CLICK_KINDS | CONVERSION_KINDS
 TOP_K = 10
+# Below this many nodes a cascade's rankings are computed when a snapshot asks
+# (O(n), cheap); from it on they are kept per event (O(1) per ancestor).
+RANK_LIVE_FROM = 256
 # Growth: shares per minute, exponentially smoothed with this half-life, over
 # this window of event-time minutes ending at the cascade's latest event.
 GROWTH_HALF_LIFE_MIN = 5.0
@@ -115,43 +118,52 @@ class _Ranking:
     """The ``TOP_K`` largest nodes by (value, node id), for values that only grow.
 
     Exact: a node whose value grows either was a member and stays one, or
-    enters by beating the smallest member. ``threshold`` lets the hot path
-    skip the call for values that cannot enter. Restore rebuilds the same set.
+    enters by beating the smallest member (the floor). ``threshold`` lets the
+    hot path skip values that cannot enter, and ``_link`` updates a member
+    that is not the floor in place. Restore rebuilds the same set.
     """
 
-    __slots__ = ("members", "floor", "threshold")
+    __slots__ = ("members", "node_ids", "floor_index", "floor_key", "threshold", "enabled")
 
-    def __init__(self) -> None:
-        self.members: dict[int, tuple[int, int]] = {}  # index -> (value, node id)
-        self.floor: tuple[tuple[int, int], int] | None = None  # smallest member, when full
-        self.threshold = -1  # values below it cannot enter
+    def __init__(self, enabled: bool = True) -> None:
+        self.members: dict[int, int] = {}  # index -> value
+        self.node_ids: dict[int, int] = {}  # index -> node id, the tie-break
+        self.floor_index = -1  # the smallest member's index, once full
+        self.floor_key = (-1, 0)
+        # Values below it cannot enter. A disabled ranking (a small cascade, ranked
+        # from scratch when asked) sets it out of reach, so the hot path skips it.
+        self.threshold = -1 if enabled else 1 << 62
+        self.enabled = enabled
 
     def bump(self, index: int, value: int, node_id: int) -> None:
         members = self.members
         if index in members:
-            members[index] = (value, node_id)
-            if self.floor is not None and self.floor[1] == index:
+            members[index] = value
+            if index == self.floor_index:
                 self._refloor()
             return
         if len(members) < TOP_K:
-            members[index] = (value, node_id)
+            members[index] = value
+            self.node_ids[index] = node_id
             if len(members) == TOP_K:
                 self._refloor()
             return
-        assert self.floor is not None
-        if (value, node_id) > self.floor[0]:
-            del members[self.floor[1]]
-            members[index] = (value, node_id)
+        if (value, node_id) > self.floor_key:
+            del members[self.floor_index], self.node_ids[self.floor_index]
+            members[index] = value
+            self.node_ids[index] = node_id
             self._refloor()
 
     def _refloor(self) -> None:
-        key, index = min((key, index) for index, key in self.members.items())
-        self.floor = (key, index)
-        self.threshold = key[0]
+        ids = self.node_ids
+        value, node, index = min((v, ids[i], i) for i, v in self.members.items())
+        self.floor_index, self.floor_key, self.threshold = index, (value, node), value
 
     def ordered(self) -> list[tuple[int, int]]:
         """(node id, value), largest first."""
-        return [(node, value) for value, node in sorted(self.members.values(), reverse=True)]
+        ids = self.node_ids
+        ranked = sorted(((v, ids[i]) for i, v in self.members.items()), reverse=True)
+        return [(node, value) for value, node in ranked]
 
 
 class Cascade:
@@ -219,8 +231,8 @@ class Cascade:
         self.last_ts = ts
         self.minutes: dict[int, int] = {}  # event-time minute -> shares
         self.exposure = Exposure(forecast_tau_ms)
-        self.top_descendants = _Ranking()
-        self.top_children = _Ranking()
+        self.top_descendants = _Ranking(enabled=False)
+        self.top_children = _Ranking(enabled=False)
         self.version = 0  # footprints recorded: deterministic, restorable
         self.valid_nodes = 0
         self.valid_recruits = 0
@@ -375,6 +387,8 @@ class Cascade:
         minute = ts // MINUTE_MS
         self.minutes[minute] = self.minutes.get(minute, 0) + 1
         self.exposure.add(ts)
+        if index == RANK_LIVE_FROM:
+            self._rank_from_scratch()
         return index
 
     def _attach(self, share: Share, parent: int) -> None:
@@ -435,13 +449,18 @@ class Cascade:
         """
         parents, sizes, ids, flags = self.parent, self.size, self.ids, self.flags
         ranking = self.top_descendants
+        members, floor = ranking.members, ranking.floor_index
         path = 0
         x = parent
         while True:
             size = sizes[x]
             sizes[x] = size + m
             if size + m - 1 >= ranking.threshold and not flags[x] & EXCLUDED:
-                ranking.bump(x, size + m - 1, ids[x])
+                if x in members and x != floor:
+                    members[x] = size + m - 1  # a member above the floor: no reorder
+                else:
+                    ranking.bump(x, size + m - 1, ids[x])
+                    floor = ranking.floor_index
             up = parents[x]
             if up == NO_NODE:
                 break
@@ -545,8 +564,18 @@ class Cascade:
         parent = self.parent[index]
         if parent != NO_NODE and not self.flags[parent] & EXCLUDED:
             self.valid_recruits -= 1
+        if self.top_descendants.enabled:
+            self._rank_from_scratch()
+
+    def _rank_from_scratch(self) -> None:
         self.top_descendants = self._rank_all(self.size, offset=1)
         self.top_children = self._rank_all(self.children, offset=0)
+
+    def rankings(self) -> tuple[_Ranking, _Ranking]:
+        """(by descendants, by direct children): kept live, or computed now for a small cascade."""
+        if self.top_descendants.enabled:
+            return self.top_descendants, self.top_children
+        return self._rank_all(self.size, offset=1), self._rank_all(self.children, offset=0)
 
     def _rank_all(self, values: array[int], offset: int) -> _Ranking:
         ranking = _Ranking()
@@ -623,6 +652,7 @@ class Cascade:
         growth = self.growth_per_minute()
         forecast = self.forecast()
         orphans = self.orphans
+        descendants, children = self.rankings()
         return CascadeStats(
             campaign=self.campaign,
             root=node_hex(self.root),
@@ -653,8 +683,8 @@ class Cascade:
             forecast_size=forecast.final_size,
             forecast_method=forecast.method,
             infectiousness=forecast.infectiousness,
-            top_descendants=[(node_hex(i), v) for i, v in self.top_descendants.ordered()],
-            top_children=[(node_hex(i), v) for i, v in self.top_children.ordered()],
+            top_descendants=[(node_hex(i), v) for i, v in descendants.ordered()],
+            top_children=[(node_hex(i), v) for i, v in children.ordered()],
             channel_mix=sorted(
                 (depth, channel or "", count)
                 for (depth, channel), count in self.channel_mix.items()
