@@ -245,6 +245,9 @@ def tables(ch: ClickHouse) -> list[str]:
 def test_migrate_fresh_then_nothing(ch: ClickHouse) -> None:
     assert migrate(ch, MIGRATIONS_DIR, settings_ttl_days=TTL_DAYS) == LATEST
     assert tables(ch) == [
+        "cascade_nodes",
+        "cascade_stats",
+        "cascade_touches",
         "events",
         "events_dlq",
         "events_per_hour",
