@@ -129,6 +129,14 @@ class EventV1(BaseModel):
     reaction: str | None
     preview_of: str | None = Field(description="the requested type when recorded as a preview")
     visitor: str | None = Field(description="keyed daily hash; None under DNT/GPC")
+    # Added after v1 shipped, so optional: events published before it (still in the
+    # topic, or from an older replica during a rolling deploy) are read as None.
+    net: str | None = Field(
+        None,
+        description="keyed daily hash of the client's network (IPv4 /24, IPv6 /48) and the "
+        "campaign; None under DNT/GPC, when the address is unknown, and in events from "
+        "before the field existed",
+    )
     country: str | None
     bot: bool
     browser: str | None
@@ -288,6 +296,7 @@ def build_event(
         "reaction": event.reaction,
         "preview_of": event.type if event_type == "preview" else None,
         "visitor": client.visitor,
+        "net": client.net,
         "country": client.country,
         "bot": client.bot,
         "browser": client.browser,

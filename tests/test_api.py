@@ -143,6 +143,27 @@ async def test_dnt_and_gpc_drop_visitor_and_ip_derived_fields(cfg: Any) -> None:
         dnt, gpc = events(app)
         assert dnt["visitor"] is None and dnt["country"] is None and dnt["privacy"] == "dnt"
         assert gpc["visitor"] is None and gpc["country"] is None and gpc["privacy"] == "gpc"
+        assert dnt["net"] is None and gpc["net"] is None
+
+
+async def test_every_source_carries_the_network_bucket(cfg: Any) -> None:
+    async with running_app(cfg) as (app, client):
+        await client.get("/p.gif", params={"c": "spring"})
+        await client.get("/r/launch")
+        await client.post("/v1/events", json=[{"type": "signup", "campaign": "spring"}])
+        await client.post("/v1/shares", json={"campaign": "spring"})
+        await client.post("/v1/shares", json={"campaign": "spring", "visitor": "crm-42"})
+        published = events(app)
+        sources = sorted(e["source"] for e in published)  # pixel and link do not wait
+        assert sources == ["api", "link", "pixel", "shares", "shares"]
+        # One client address: one bucket, whatever the endpoint, and no address in it.
+        expected = app.state.vt.enricher.net_id("203.0.113.9", "spring")
+        assert expected is not None and len(expected) == 16
+        for event in published:
+            EventV1.model_validate(event)
+            assert event["net"] == expected, event["source"]
+            assert event["net"] != event["visitor"]
+            assert "203.0.113" not in json.dumps(event)
 
 
 async def test_pixel_share_mints_a_child_node(cfg: Any) -> None:

@@ -22,7 +22,10 @@ def test_migrate_applies_once_then_reports_up_to_date(
     first = runner.invoke(cli, ["migrate"])
     assert first.exit_code == 0, first.output
     lines = first.output.strip().splitlines()
-    assert lines[0] == "ClickHouse applied: 0001_events, 0002_events_dlq, 0003_rollups"
+    assert lines[0] == (
+        "ClickHouse applied: 0001_events, 0002_events_dlq, 0003_rollups, 0004_cascades, "
+        "0005_events_net"
+    )
     assert lines[1] == f"database sqlite+aiosqlite:///{tmp_path / 'control.db'} applied: 0001, 0002"
     second = runner.invoke(cli, ["migrate"])
     assert second.exit_code == 0, second.output

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import SecretStr
 
+from app import enrich
 from app.enrich import (
     ClientInfo,
     Enricher,
+    _net_prefix,
     _new_client_info,
     classify_user_agent,
     normalize_country,
@@ -260,11 +265,13 @@ def test_dnt_and_gpc_drop_visitor_and_country(dnt: bool, gpc: bool, expected: st
     enricher = make()
     result = info(enricher, dnt=dnt, gpc=gpc, user_agent=GOOGLEBOT)
     assert result.visitor is None
+    assert result.net is None
     assert result.country is None
     assert result.privacy == expected
     assert result.bot is True
     assert result.browser == "Googlebot"
     assert not enricher._recent  # nothing remembered about this visitor
+    assert not enricher._day.nets
 
 
 def test_both_signals_report_gpc() -> None:
@@ -279,17 +286,20 @@ def test_dnt_and_gpc_from_headers() -> None:
     assert tracked.country == "FR"
     assert tracked.privacy is None
 
+    assert tracked.net is not None
+
     dnt = enricher.from_scope(scope([*base, ("DNT", "1")]), "spring")
-    assert (dnt.visitor, dnt.country, dnt.privacy) == (None, None, "dnt")
+    assert (dnt.visitor, dnt.net, dnt.country, dnt.privacy) == (None, None, None, "dnt")
     assert (dnt.browser, dnt.os, dnt.device) == ("Mobile Safari", "iOS", "iPhone")
 
     gpc = enricher.from_scope(scope([*base, ("Sec-GPC", "1")]), "spring")
-    assert (gpc.visitor, gpc.country, gpc.privacy) == (None, None, "gpc")
+    assert (gpc.visitor, gpc.net, gpc.country, gpc.privacy) == (None, None, None, "gpc")
     assert gpc.bot is False
 
     not_set = enricher.from_scope(scope([*base, ("DNT", "0"), ("Sec-GPC", "0")]), "spring")
     assert not_set.privacy is None
     assert not_set.visitor == tracked.visitor
+    assert not_set.net == tracked.net
 
 
 def test_ip_is_never_kept() -> None:
@@ -309,8 +319,15 @@ def test_ip_is_never_kept() -> None:
     for ip in (IP, IP2, "10.0.0.1"):
         assert ip not in state
         assert ip.encode() not in state.encode()
-    # Only hashes live in the continuity memory.
+        prefix = ip.rpartition(".")[0]  # the /24 the network bucket is made of
+        assert prefix not in state
+        assert bytes(int(octet) for octet in prefix.split(".")) not in state.encode()
+    # Only hashes live in the continuity memory and the network-bucket cache.
     assert all(len(key) == 16 and int(key, 16) >= 0 for key in enricher._recent)
+    assert enricher._day.nets
+    for visitor, net in enricher._day.nets.items():
+        assert len(visitor) == 16 and int(visitor, 16) >= 0
+        assert net is not None and len(net) == 16 and int(net, 16) >= 0
 
 
 # -- from_scope ----------------------------------------------------------------
@@ -453,6 +470,7 @@ def test_user_agent_cache_is_bounded() -> None:
 def test_fast_constructor_matches_the_dataclass() -> None:
     values: tuple[Any, ...] = (
         "0123456789abcdef",
+        "fedcba9876543210",
         "DE",
         True,
         False,
@@ -476,6 +494,7 @@ def test_empty_user_agent() -> None:
     result = enricher.from_scope(scope([]), "spring")
     assert result == ClientInfo(
         visitor=enricher.visitor_id(IP, "", "spring"),
+        net=enricher.net_id(IP, "spring"),
         country=None,
         bot=False,
         preview=False,
@@ -485,3 +504,183 @@ def test_empty_user_agent() -> None:
         privacy=None,
     )
     assert info(enricher, user_agent="   ").bot is False
+
+
+# -- network buckets -----------------------------------------------------------
+
+IP_SAME_24 = "203.0.113.5"  # IP's /24
+IP_NEXT_24 = "203.0.112.77"  # IP with a neighbouring /24
+
+
+def test_net_same_for_one_slash24_across_hosts_and_user_agents() -> None:
+    enricher = make()
+    phone = info(enricher, ip=IP, user_agent=IPHONE_SAFARI)
+    laptop = info(enricher, ip=IP_SAME_24, user_agent=FIREFOX)
+    assert phone.visitor != laptop.visitor
+    assert phone.net == laptop.net
+    assert phone.net is not None and len(phone.net) == 16
+    int(phone.net, 16)
+    # A second process with the same secret agrees without coordination.
+    assert make(continuity=0).net_id(IP_SAME_24, "spring") == phone.net
+    # Through the request path too (socket peer and trusted header).
+    peer = scope([("User-Agent", CHROME)], client=(IP_SAME_24, 1))
+    from_peer = enricher.from_scope(peer, "spring")
+    assert from_peer.net == phone.net
+    header = make(client_ip_header="x-forwarded-for")
+    xff = scope([("X-Forwarded-For", f"6.6.6.6, {IP_SAME_24}:443")], client=("10.0.0.2", 1))
+    assert header.from_scope(xff, "spring").net == phone.net
+
+
+def test_net_differs_for_another_slash24() -> None:
+    enricher = make()
+    assert info(enricher, ip=IP).net != info(enricher, ip=IP_NEXT_24).net
+    assert info(enricher, ip=IP).net != info(enricher, ip=IP2).net
+
+
+def test_net_ipv6_is_the_slash48() -> None:
+    enricher = make()
+    home = enricher.net_id("2001:db8:1234:1::1", "spring")
+    assert home is not None
+    same_48 = [
+        "2001:db8:1234:ffff:aaaa:bbbb:cccc:dddd",  # another /64 of the same site
+        "2001:0DB8:1234:0000:0000:0000:0000:0002",  # zero-padded, upper-case
+        "2001:db8:1234::",
+    ]
+    for address in same_48:
+        assert enricher.net_id(address, "spring") == home, address
+    for address in ("2001:db8:1235::1", "2001:db9:1234::1", "2001:db8::1"):
+        assert enricher.net_id(address, "spring") != home, address
+    # Spellings from a header: brackets, port and zone id are stripped.
+    header = make(client_ip_header="x-forwarded-for")
+    xff = scope([("X-Forwarded-For", "[2001:DB8:1234:5::9%eth0]:443")])
+    assert header.from_scope(xff, "spring").net == home
+
+
+def test_net_of_an_ipv4_mapped_address_is_the_ipv4_network() -> None:
+    # What a dual-stack socket reports for an IPv4 client.
+    enricher = make()
+    v4 = enricher.net_id(IP, "spring")
+    assert enricher.net_id(f"::ffff:{IP_SAME_24}", "spring") == v4
+    assert enricher.net_id("::ffff:cb00:7105", "spring") == v4  # 203.0.113.5 in hex
+    assert enricher.net_id(f"::{IP}", "spring") != v4  # deprecated IPv4-compatible: IPv6
+
+
+@pytest.mark.parametrize(("dnt", "gpc"), [(True, False), (False, True), (True, True)])
+def test_net_is_none_exactly_when_visitor_is_none_for_privacy(dnt: bool, gpc: bool) -> None:
+    enricher = make()
+    result = info(enricher, dnt=dnt, gpc=gpc)
+    assert result.visitor is None and result.net is None
+    tracked = info(enricher)
+    assert tracked.visitor is not None and tracked.net is not None
+
+
+@pytest.mark.parametrize("address", ["", "unknown", "1.2.3", "999.1.1.1", "01.2.3.4", "1::2::3"])
+def test_net_is_none_without_an_address(address: str) -> None:
+    enricher = make()
+    assert enricher.net_id(address, "spring") is None
+    result = info(enricher, ip=address)
+    assert result.net is None
+    assert result.visitor is not None  # the visitor id still hashes user agent and campaign
+    no_peer = enricher.from_scope(scope([("User-Agent", CHROME)], client=None), "spring")
+    assert no_peer.net is None
+    header = make(client_ip_header="x-forwarded-for")
+    assert header.from_scope(scope([("X-Forwarded-For", "unknown")]), "spring").net is None
+    # Header configured but absent: the socket peer (a proxy) is not trusted.
+    assert header.from_scope(scope([]), "spring").net is None
+
+
+def test_net_rotates_with_the_utc_day() -> None:
+    clock = Clock(datetime(2024, 5, 1, 23, 59, tzinfo=UTC))
+    enricher = make(clock)
+    before = info(enricher)
+    clock.advance(minutes=2)  # 00:01 the next day
+    after = info(enricher)
+    # The visitor keeps yesterday's id (continuity); the bucket does not: it is a
+    # function of (day, network, campaign), so every visitor of the network
+    # agrees on it, whether they were seen before midnight or not.
+    assert after.visitor == before.visitor
+    assert after.net != before.net
+    assert after.net == make(clock, continuity=0).net_id(IP_SAME_24, "spring")
+    clock.advance(hours=23)
+    assert info(enricher).net == after.net
+    clock.advance(hours=1)
+    assert info(enricher).net not in {before.net, after.net}
+
+
+def test_net_differs_across_campaigns_and_secrets() -> None:
+    enricher = make()
+    spring = enricher.net_id(IP, "spring")
+    assert enricher.net_id(IP, "summer") != spring
+    assert enricher.net_id("2001:db8::1", "spring") != enricher.net_id("2001:db8::1", "summer")
+    assert make(secret="c" * 40).net_id(IP, "spring") != spring
+
+
+def test_net_is_unrelated_to_visitor_ids() -> None:
+    enricher = make(continuity=0)
+    for ip in (IP, IP2, "2001:db8::1"):
+        for ua in (CHROME, ""):
+            result = info(enricher, ip=ip, user_agent=ua)
+            assert result.net is not None and result.visitor is not None
+            assert result.net != result.visitor
+            # Not the visitor hash of the prefix either, however it is spelled.
+            prefix = ip.rpartition(".")[0] if "." in ip else "2001:db8:0"
+            hashes = {
+                enricher.visitor_id(prefix, "", "spring"),
+                enricher.visitor_id(ip, "", "spring"),
+                enricher.visitor_id("", prefix, "spring"),
+                enricher.external_visitor_id("spring", prefix),
+            }
+            assert result.net not in hashes
+
+
+def test_net_cache_is_bounded_and_changes_no_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(enrich, "_NET_CACHE_SIZE", 2)
+    enricher = make()
+    addresses = [IP, IP_SAME_24, IP2, "2001:db8::1", IP]
+    first = [info(enricher, ip=ip) for ip in addresses]
+    assert len(enricher._day.nets) <= 2
+    again = [info(enricher, ip=ip) for ip in addresses]
+    assert again == first
+    for ip, result in zip(addresses, first, strict=True):
+        assert result.net == enricher.net_id(ip, "spring")
+
+
+def _expected_prefix(text: str) -> bytes:
+    """What _net_prefix must answer, by way of the ipaddress module."""
+    try:
+        address: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(text)
+    except ValueError:
+        return b""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if address.version == 4:
+        return b"\x04" + address.packed[:3]
+    return b"\x06" + address.packed[:6]
+
+
+@settings(max_examples=500)
+@given(st.ip_addresses(), st.sampled_from(["compressed", "exploded", "upper"]))
+def test_net_prefix_matches_ipaddress(
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address, spelling: str
+) -> None:
+    text = {
+        "compressed": address.compressed,
+        "exploded": address.exploded,
+        "upper": address.compressed.upper(),
+    }[spelling]
+    assert _net_prefix(text) == _expected_prefix(address.compressed)
+
+
+@settings(max_examples=500)
+@given(
+    st.lists(
+        st.sampled_from(
+            ["", "0", "00", "0000", "00000", "ffff", "db8", "2001"]
+            + ["1.2.3.4", "01.2.3.4", "256.0.0.1"]
+        ),
+        max_size=10,
+    ).map(":".join)
+    | st.text(alphabet="0123456789abcdef:.", max_size=45)
+)
+def test_net_prefix_refuses_what_ipaddress_refuses(text: str) -> None:
+    assert _net_prefix(text) == _expected_prefix(text)

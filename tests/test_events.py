@@ -22,7 +22,9 @@ from app.events import (
 from app.tokens import TokenSigner
 
 SCHEMA_FILE = Path(__file__).parents[1] / "app" / "schemas" / "event-v1.json"
-CLIENT = ClientInfo("0123456789abcdef", "NO", False, False, "Chrome", "Windows", "Other", None)
+CLIENT = ClientInfo(
+    "0123456789abcdef", "fedcba9876543210", "NO", False, False, "Chrome", "Windows", "Other", None
+)
 
 
 def test_committed_json_schema_matches_the_model() -> None:

@@ -64,6 +64,7 @@ def wire_event(**overrides: Any) -> dict[str, Any]:
         "reaction": None,
         "preview_of": None,
         "visitor": "aaaaaaaaaaaaaaaa",
+        "net": "bbbbbbbbbbbbbbbb",
         "country": "FR",
         "bot": False,
         "browser": "Firefox",
@@ -76,10 +77,20 @@ def wire_event(**overrides: Any) -> dict[str, Any]:
 
 
 def events_table_columns() -> list[str]:
+    """The events table's columns as the migrations leave it: 0001 creates it,
+    later files add columns with ``ADD COLUMN IF NOT EXISTS name Type AFTER other``."""
     sql = (MIGRATIONS_DIR / "0001_events.sql").read_text()
     body = sql[sql.index("CREATE TABLE") :]
     body = body[body.index("(") + 1 : body.index("\nENGINE")]
-    return re.findall(r"^\s+(\w+) ", body, flags=re.MULTILINE)
+    columns = re.findall(r"^\s+(\w+) ", body, flags=re.MULTILINE)
+    for path in sorted(MIGRATIONS_DIR.glob("*.sql")):
+        for name, after in re.findall(
+            r"^ALTER TABLE events ADD COLUMN IF NOT EXISTS (\w+) .* AFTER (\w+);$",
+            path.read_text(),
+            flags=re.MULTILINE,
+        ):
+            columns.insert(columns.index(after) + 1, name)
+    return columns
 
 
 # ---- events pipeline -------------------------------------------------------
@@ -105,9 +116,19 @@ def test_process_good_event_keeps_wire_values() -> None:
     assert EventsPipeline().received_ms(row) == BASE_MS + 12
 
 
+def test_process_event_without_net_from_before_the_field() -> None:
+    # Events published before `net` existed (still in the topic, or from an older
+    # replica during a rolling deploy) are stored with net NULL, not dead-lettered.
+    event = wire_event()
+    del event["net"]
+    (row,) = EventsPipeline().process(record(orjson.dumps(event)))
+    assert dict(zip(EVENT_COLUMNS, row, strict=True))["net"] is None
+
+
 def test_process_event_built_by_the_api() -> None:
     client = ClientInfo(
         visitor=None,
+        net=None,
         country=None,
         bot=False,
         preview=False,
@@ -153,6 +174,7 @@ POISON = [
     (orjson.dumps(wire_event(received_at=10**14)), "bad_schema: received_at"),
     (orjson.dumps(wire_event(depth=70_000)), "bad_schema: depth"),
     (orjson.dumps(wire_event(depth=-1)), "bad_schema: depth"),
+    (orjson.dumps(wire_event(net=42)), "bad_schema: net"),
 ]
 
 

@@ -46,6 +46,7 @@ TTL_DAYS = 400
 EVENT_FIELDS = list(EventV1.model_fields)
 EVENT_COLUMNS = [*EVENT_FIELDS, "_topic", "_partition", "_offset"]
 LATEST = sorted(p.stem for p in MIGRATIONS_DIR.glob("*.sql"))
+NEXT_VERSION = f"{len(LATEST) + 1:04d}"  # what a new migration would be numbered
 # A whole UTC day a week ago: bucket boundaries are reproducible, and the events
 # stay well inside the 400-day TTL (a fixed date would expire and be dropped).
 DAY_MS = 86_400_000
@@ -78,6 +79,7 @@ def make_event(rng: random.Random, **overrides: Any) -> dict[str, Any]:
         "reaction": None,
         "preview_of": None,
         "visitor": rng.choice([None, *(f"v{i:03d}" for i in range(40))]),
+        "net": rng.choice([None, "n0", "n1"]),
         "country": rng.choice([None, "FR", "DE"]),
         "bot": rng.random() < 0.1,
         "browser": "Firefox",
@@ -171,10 +173,10 @@ def copy_migrations(tmp_path: Path) -> Path:
     [
         (lambda d: (d / "0002_events_dlq.sql").rename(d / "0005_events_dlq.sql"), "gap"),
         (lambda d: shutil.copy(d / "0001_events.sql", d / "0001_events_again.sql"), "duplicate"),
-        (lambda d: (d / "0004_Bad-Name.sql").write_text("SELECT 1;\n"), "NNNN_snake_name"),
+        (lambda d: (d / f"{NEXT_VERSION}_Bad-Name.sql").write_text("SELECT 1;\n"), "NNNN_snake"),
         (lambda d: (d.parent / "max_migration.txt").write_text("0002_events_dlq\n"), "names"),
         (lambda d: (d.parent / "max_migration.txt").unlink(), "missing"),
-        (lambda d: (d / "0004_more.sql").write_text("SELECT 1;\n"), "newest migration"),
+        (lambda d: (d / f"{NEXT_VERSION}_more.sql").write_text("SELECT 1;\n"), "newest migration"),
     ],
 )
 def test_load_migrations_refuses(tmp_path: Path, change: Any, message: str) -> None:
@@ -284,6 +286,38 @@ def test_migrate_applies_only_new_files(ch: ClickHouse, tmp_path: Path) -> None:
     (directory.parent / "max_migration.txt").write_text(f"{name}\n")
     assert migrate(ch, directory, settings_ttl_days=TTL_DAYS) == [name]
     assert "extra" in tables(ch)
+
+
+@pytest.mark.clickhouse
+def test_net_column_added_to_a_table_with_rows(ch: ClickHouse, tmp_path: Path) -> None:
+    # A database migrated up to just before `net` and holding rows written without it.
+    directory = copy_migrations(tmp_path)
+    (net_file,) = directory.glob("*_events_net.sql")
+    assert net_file.stem == LATEST[-1], "a later migration: make this test apply it too"
+    net_sql = net_file.read_text()
+    net_file.unlink()
+    (directory.parent / "max_migration.txt").write_text(f"{LATEST[-2]}\n")
+    assert migrate(ch, directory, settings_ttl_days=TTL_DAYS) == LATEST[:-1]
+    rng = random.Random(4)
+    old = [make_event(rng) for _ in range(5)]
+    net_index = EVENT_COLUMNS.index("net")
+    old_rows = [row(e, i) for i, e in enumerate(old)]
+    for old_row in old_rows:
+        del old_row[net_index]
+    ch.insert("events", old_rows, [c for c in EVENT_COLUMNS if c != "net"])
+
+    net_file.write_text(net_sql)
+    (directory.parent / "max_migration.txt").write_text(f"{net_file.stem}\n")
+    assert migrate(ch, directory, settings_ttl_days=TTL_DAYS) == [net_file.stem]
+    assert [name for name, *_ in ch.query_rows("DESCRIBE TABLE events")] == EVENT_COLUMNS
+    # Old rows read NULL: no bucket was ever computed for them.
+    assert ch.query_rows("SELECT count(), countIf(net IS NULL) FROM events") == [(5, 5)]
+    insert_events(ch, [make_event(rng, net="0123456789abcdef")], 100)
+    assert ch.query_rows("SELECT net FROM events WHERE _offset = 100") == [("0123456789abcdef",)]
+    # The statement is idempotent, as a re-run after a failure needs.
+    (statement,) = split_statements(net_sql)
+    ch.command(statement)
+    assert ch.query_rows("SELECT count(), countIf(net IS NULL) FROM events") == [(6, 5)]
 
 
 @pytest.mark.clickhouse

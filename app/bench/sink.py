@@ -79,6 +79,7 @@ def bench_events(n: int, seed: int = 1) -> list[bytes]:
                     "reaction": None,
                     "preview_of": None,
                     "visitor": f"{rng.getrandbits(64):016x}",
+                    "net": f"{rng.getrandbits(64):016x}",
                     "country": rng.choice([None, "MY", "ID", "NO", "AE"]),
                     "bot": False,
                     "browser": "Chrome",

@@ -30,7 +30,9 @@ from app.events import UUID_PATTERN, EventV1
 from app.storage.clickhouse import ClickHouse
 from consumers.base import InvalidMessage, Record, Row, json_object
 
-# The events table's columns, in order (migrations/clickhouse/0001_events.sql).
+# The events table's columns, in order (migrations/clickhouse/0001_events.sql, and
+# `net` from 0005_events_net.sql). Inserts name their columns, so the order only
+# has to match EventV1's fields, which event_row reads in this order.
 EVENT_COLUMNS: tuple[str, ...] = (
     "v",
     "event_id",
@@ -51,6 +53,7 @@ EVENT_COLUMNS: tuple[str, ...] = (
     "reaction",
     "preview_of",
     "visitor",
+    "net",
     "country",
     "bot",
     "browser",
