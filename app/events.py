@@ -134,8 +134,8 @@ class EventV1(BaseModel):
     net: str | None = Field(
         None,
         description="keyed daily hash of the client's network (IPv4 /24, IPv6 /48) and the "
-        "campaign; None under DNT/GPC, when the address is unknown, and in events from "
-        "before the field existed",
+        "campaign; None under DNT/GPC, when the address is unknown, for /v1/shares given the "
+        "sharer's visitor id, and in events from before the field existed",
     )
     country: str | None
     bot: bool

@@ -152,10 +152,9 @@ async def test_every_source_carries_the_network_bucket(cfg: Any) -> None:
         await client.get("/r/launch")
         await client.post("/v1/events", json=[{"type": "signup", "campaign": "spring"}])
         await client.post("/v1/shares", json={"campaign": "spring"})
-        await client.post("/v1/shares", json={"campaign": "spring", "visitor": "crm-42"})
         published = events(app)
         sources = sorted(e["source"] for e in published)  # pixel and link do not wait
-        assert sources == ["api", "link", "pixel", "shares", "shares"]
+        assert sources == ["api", "link", "pixel", "shares"]
         # One client address: one bucket, whatever the endpoint, and no address in it.
         expected = app.state.vt.enricher.net_id("203.0.113.9", "spring")
         assert expected is not None and len(expected) == 16
@@ -164,6 +163,16 @@ async def test_every_source_carries_the_network_bucket(cfg: Any) -> None:
             assert event["net"] == expected, event["source"]
             assert event["net"] != event["visitor"]
             assert "203.0.113" not in json.dumps(event)
+
+
+async def test_share_with_the_callers_visitor_id_has_no_network_bucket(cfg: Any) -> None:
+    # A server minting shares for its users would give them all its own network.
+    async with running_app(cfg) as (app, client):
+        for visitor in ("crm-42", "crm-43"):
+            await client.post("/v1/shares", json={"campaign": "spring", "visitor": visitor})
+        first, second = events(app)
+        assert first["net"] is None and second["net"] is None
+        assert first["visitor"] != second["visitor"]
 
 
 async def test_pixel_share_mints_a_child_node(cfg: Any) -> None:

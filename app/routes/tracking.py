@@ -251,8 +251,14 @@ async def create_share(body: ShareIn, request: Request, state: StateDep) -> Shar
         raise ApiError(400, exc.reason, str(exc), "parent") from None
     client = state.enricher.from_scope(request.scope, body.campaign)
     if body.visitor is not None and client.privacy is None:
+        # The caller names the sharer, typically from its own server: the request's
+        # network is then that server's, and one bucket for every share it mints
+        # would make each of its chains look same-origin. The id links a sharer's
+        # devices better than a network would anyway.
         client = replace(
-            client, visitor=state.enricher.external_visitor_id(body.campaign, body.visitor)
+            client,
+            visitor=state.enricher.external_visitor_id(body.campaign, body.visitor),
+            net=None,
         )
     event = EventIn(type="share", campaign=body.campaign, channel=body.channel)
     wire = build_event(
