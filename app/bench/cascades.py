@@ -138,11 +138,12 @@ def cascades(
     small: Annotated[int, typer.Option(help="nodes of the small cascade")] = 1_000,
     small_events: Annotated[int, typer.Option(help="events over the small cascades")] = 200_000,
     rounds: Annotated[int, typer.Option(help="alternating rounds")] = 3,
+    cpu: Annotated[int, typer.Option(help="the core to pin to")] = BENCH_CPU,
 ) -> None:
     """The cascades consumer's processing step: events/s, ns/event by cascade size, bytes/node."""
     console = Console()
     if hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {BENCH_CPU})
+        os.sched_setaffinity(0, {cpu})
     console.print(f"encoding {events:,} mix records, {big:,} + {small:,}×k tree records ...")
     mix = campaign_records(events)
     large, large_depth = tree_records(big, seed=2)
@@ -165,7 +166,7 @@ def cascades(
         results["1M"].append(_time_process(large) / len(large) * 1e9)
 
     bytes_per_node = _memory_per_node(large)
-    table = Table(title=f"cascades processing step, one core (CPU {BENCH_CPU})")
+    table = Table(title=f"cascades processing step, one core (CPU {cpu})")
     table.add_column("measure")
     table.add_column("best")
     table.add_column("median")

@@ -450,22 +450,27 @@ class Cascade:
         parents, sizes, ids, flags = self.parent, self.size, self.ids, self.flags
         ranking = self.top_descendants
         members, floor = ranking.members, ranking.floor_index
+        # The walk is the consumer's hottest loop: locals only, and one branch
+        # (values below the threshold) for almost every ancestor.
+        threshold = ranking.threshold - m + 1  # compare the old size directly
         path = 0
         x = parent
-        while True:
+        top = x
+        while x != NO_NODE:
             size = sizes[x]
             sizes[x] = size + m
-            if size + m - 1 >= ranking.threshold and not flags[x] & EXCLUDED:
+            if size >= threshold and not flags[x] & EXCLUDED:
                 if x in members and x != floor:
                     members[x] = size + m - 1  # a member above the floor: no reorder
                 else:
                     ranking.bump(x, size + m - 1, ids[x])
                     floor = ranking.floor_index
-            up = parents[x]
-            if up == NO_NODE:
-                break
+                    threshold = ranking.threshold - m + 1
             path += size
-            x = up
+            top = x
+            x = parents[x]
+        x = top
+        path -= sizes[x] - m  # the top's own size is not on an edge
         component = self.components[x]
         relative = self.depth[parent] - self.depth[x]
         n = component.n
