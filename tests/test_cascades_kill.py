@@ -10,10 +10,8 @@ test_sink_kill's docstring).
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
-import signal
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -31,7 +29,7 @@ from tests.test_cascades import (
     oracle,
 )
 from tests.test_sink import committed, produce
-from tests.test_sink_kill import MIGRATE, child_env, kill_broker, run_child
+from tests.test_sink_kill import MIGRATE, child_env, kill_broker, kill_restart_finish, run_child
 
 __all__ = ["kill_broker"]  # the fixture, used by name
 
@@ -80,33 +78,8 @@ async def test_sigkill_mid_stream_then_restart_equals_an_uninterrupted_run(
     ends = await produce(settings, messages)
     total = sum(ends.values())
 
-    first = await asyncio.create_subprocess_exec(sys.executable, "-c", RUN, env=env)
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and await committed_total(settings) == 0:  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
-        first.send_signal(signal.SIGKILL)
-    finally:
-        if first.returncode is None:
-            first.kill()
-        await asyncio.wait_for(first.wait(), 20)
-    at_kill = await committed_total(settings)
-    assert 0 < at_kill < total, f"the kill was not mid-stream ({at_kill} of {total})"
-    if private is not None:
-        await asyncio.to_thread(private.stop)
-        await asyncio.to_thread(private.start)
-
-    second = await asyncio.create_subprocess_exec(sys.executable, "-c", RUN, env=env)
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and await committed_total(settings) < total:  # noqa: ASYNC110
-            await asyncio.sleep(0.2)
-        second.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(second.wait(), 30) == 0
-    finally:
-        if second.returncode is None:
-            second.kill()
-            await asyncio.wait_for(second.wait(), 20)
+    total_committed = functools.partial(committed_total, settings)
+    await kill_restart_finish(RUN, env, total_committed, total, private)
     assert await committed_total(settings) == total
 
     names = [c for c in STATS_COLUMNS if c != "written_at"]

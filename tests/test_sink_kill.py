@@ -15,13 +15,14 @@ keeping the log and the committed offsets, which is all the test is about.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -88,6 +89,47 @@ async def committed_total(settings: Settings) -> int:
     return sum(v or 0 for v in got.values())
 
 
+async def kill_restart_finish(
+    code: str,
+    env: dict[str, str],
+    committed_so_far: Callable[[], Awaitable[int]],
+    total: int,
+    private: NoidaBroker | None,
+) -> None:
+    """Run consumer ``code`` in a child, SIGKILL it once some offsets are committed
+    (asserting the kill was mid-stream), restart the private noida broker if any,
+    run it again until ``total`` records are committed, then SIGTERM: exit 0."""
+    first = await asyncio.create_subprocess_exec(sys.executable, "-c", code, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        # Polling the broker: there is no event to wait on across processes.
+        while time.monotonic() < deadline and await committed_so_far() == 0:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        first.send_signal(signal.SIGKILL)
+    finally:
+        if first.returncode is None:
+            first.kill()
+        await asyncio.wait_for(first.wait(), 20)
+    at_kill = await committed_so_far()
+    assert 0 < at_kill < total, f"the kill was not mid-stream ({at_kill} of {total})"
+    if private is not None:  # see the module docstring: noida keeps the dead member
+        await asyncio.to_thread(private.stop)
+        await asyncio.to_thread(private.start)
+
+    # Second run: to the end, then SIGTERM (final flush and commit, clean exit).
+    second = await asyncio.create_subprocess_exec(sys.executable, "-c", code, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and await committed_so_far() < total:  # noqa: ASYNC110
+            await asyncio.sleep(0.2)
+        second.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(second.wait(), 30) == 0
+    finally:
+        if second.returncode is None:
+            second.kill()
+            await asyncio.wait_for(second.wait(), 20)
+
+
 @pytest.fixture
 def kill_broker(
     tmp_path: Path, broker: tuple[str, str, bool]
@@ -128,36 +170,8 @@ async def test_sigkill_mid_batch_then_restart_loses_nothing(
     ends = await produce(settings, messages)
     total = sum(ends.values())
 
-    # First run: SIGKILL once some batches are committed but not all.
-    first = await asyncio.create_subprocess_exec(sys.executable, "-c", RUN_SINK, env=env)
-    try:
-        deadline = time.monotonic() + 60
-        # Polling the broker: there is no event to wait on across processes.
-        while time.monotonic() < deadline and await committed_total(settings) == 0:  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
-        first.send_signal(signal.SIGKILL)
-    finally:
-        if first.returncode is None:
-            first.kill()
-        await asyncio.wait_for(first.wait(), 20)
-    at_kill = await committed_total(settings)
-    assert 0 < at_kill < total, f"the kill was not mid-stream ({at_kill} of {total})"
-    if private is not None:  # see the module docstring: noida keeps the dead member
-        await asyncio.to_thread(private.stop)
-        await asyncio.to_thread(private.start)
-
-    # Second run: to the end, then SIGTERM (final flush and commit, clean exit).
-    second = await asyncio.create_subprocess_exec(sys.executable, "-c", RUN_SINK, env=env)
-    try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and await committed_total(settings) < total:  # noqa: ASYNC110
-            await asyncio.sleep(0.2)
-        second.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(second.wait(), 30) == 0
-    finally:
-        if second.returncode is None:
-            second.kill()
-            await asyncio.wait_for(second.wait(), 20)
+    total_committed = functools.partial(committed_total, settings)
+    await kill_restart_finish(RUN_SINK, env, total_committed, total, private)
     got = await committed(settings, "sink", settings.kafka.topic)
     assert {tp: v for tp, v in got.items() if v is not None} == ends
 

@@ -25,27 +25,22 @@ import random
 import time
 import tracemalloc
 import uuid
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+if TYPE_CHECKING:  # app.cli imports the benchmarks at start-up: keep it light
+    from app.bus.memory import MemoryRecord
+
 BENCH_CPU = 0
 
 
-class _Record:
-    """The ``Record`` fields ``process`` reads."""
+def _record(key: bytes, value: bytes, offset: int) -> MemoryRecord:
+    from app.bus.memory import MemoryRecord
 
-    __slots__ = ("key", "offset", "partition", "timestamp", "topic", "value")
-
-    def __init__(self, key: bytes, value: bytes, offset: int) -> None:
-        self.topic = "share-events"
-        self.partition = 0
-        self.offset = offset
-        self.timestamp = 0
-        self.key = key
-        self.value = value
+    return MemoryRecord("share-events", 0, offset, 0, key, value)
 
 
 def _event(kind: str, campaign: str, root: int, node: int, ts: int, **extra: object) -> bytes:
@@ -64,7 +59,7 @@ def _event(kind: str, campaign: str, root: int, node: int, ts: int, **extra: obj
     )  # fmt: skip
 
 
-def campaign_records(n: int, seed: int = 1) -> list[_Record]:
+def campaign_records(n: int, seed: int = 1) -> list[MemoryRecord]:
     """About ``n`` records of one simulated campaign, in time order."""
     from consumers.cascades.simulation import simulate_campaign
 
@@ -94,10 +89,10 @@ def campaign_records(n: int, seed: int = 1) -> list[_Record]:
         if len(timed) >= n:
             break
     timed.sort(key=lambda item: item[0])
-    return [_Record(key, value, i) for i, (_, key, value) in enumerate(timed)]
+    return [_record(key, value, i) for i, (_, key, value) in enumerate(timed)]
 
 
-def tree_records(n: int, seed: int) -> tuple[list[_Record], float]:
+def tree_records(n: int, seed: int) -> tuple[list[MemoryRecord], float]:
     """Share records of one random recursive tree of ``n`` nodes (parents first),
     and its mean node depth."""
     rng = random.Random(seed)
@@ -111,14 +106,14 @@ def tree_records(n: int, seed: int) -> tuple[list[_Record], float]:
         parent = rng.randrange(i) if i else -1
         if i:
             depth[i] = depth[parent] + 1
-        records.append(_Record(key, _event(
+        records.append(_record(key, _event(
             "share", "bench", root, ids[i], start + i, depth=depth[i],
             parent=f"{ids[parent]:016x}" if i else None, channel="x",
         ), i))  # fmt: skip
     return records, sum(depth) / n
 
 
-def _time_process(records: list[_Record]) -> float:
+def _time_process(records: list[MemoryRecord]) -> float:
     """Seconds for ``process`` over every record (a fresh pipeline)."""
     from app.settings import CascadeSettings
     from consumers.cascades.pipeline import CascadesPipeline
@@ -148,7 +143,7 @@ def cascades(
     mix = campaign_records(events)
     large, large_depth = tree_records(big, seed=2)
     # Many small cascades with as many events as the large one: same work, other shape.
-    small_trees: list[_Record] = []
+    small_trees: list[MemoryRecord] = []
     depths = []
     for seed in range(max(1, min(big, small_events) // small)):
         records, depth = tree_records(small, seed=100 + seed)
@@ -184,7 +179,7 @@ def cascades(
     console.print(table)
 
 
-def _memory_per_node(records: list[_Record]) -> float:
+def _memory_per_node(records: list[MemoryRecord]) -> float:
     """Traced bytes of the state one cascade built from ``records`` holds, per node.
 
     The dirty-node set (emptied by every write, every few seconds) is cleared

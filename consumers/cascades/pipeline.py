@@ -241,9 +241,6 @@ class Flush:
     stats: list[Row] = field(default_factory=list)
     signals: list[tuple[bytes, bytes]] = field(default_factory=list)  # (key, value)
 
-    def __bool__(self) -> bool:
-        return bool(self.nodes or self.touches or self.stats or self.signals)
-
 
 class CascadesPipeline:
     """``share-events`` -> cascade state -> ``cascade_nodes/touches/stats`` + spread signals."""

@@ -106,9 +106,10 @@ class Touch(NamedTuple):
 
 @dataclass(slots=True)
 class _Component:
-    """A tree of live nodes: the root's, or an orphan's. Depths are relative to ``top``."""
+    """A tree of live nodes: the root's, or an orphan's (keyed by its top's index).
 
-    top: int
+    Depths are relative to the top."""
+
     n: int = 1
     depth_sum: int = 0
     wiener: int = 0
@@ -248,7 +249,7 @@ class Cascade:
         self.version += 1
         self.dirty_nodes.add(root)
         self._append(root, NO_NODE, 0, ts, 0, 0, None, 0)
-        self.components[0] = _Component(top=0)
+        self.components[0] = _Component()
         self.valid_nodes += 1
 
     # ---- size ----------------------------------------------------------
@@ -533,7 +534,7 @@ class Cascade:
             share.node, NO_NODE, share.depth, share.ts, share.visitor, share.net,
             share.channel, FLAG_BOT if share.bot else 0,
         )  # fmt: skip
-        self.components[index] = _Component(top=index)
+        self.components[index] = _Component()
         self.orphans_of.setdefault(parent_id, []).append(index)
         self.orphan_parent[index] = parent_id
         self._count_valid(index, NO_NODE)
