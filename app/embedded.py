@@ -25,11 +25,13 @@ import uvicorn
 from pydantic import SecretStr
 
 from app.bus.memory import MemoryBus
+from app.db.session import create_engine, database_url, sessionmaker
 from app.main import build_bus, create_asgi
 from app.metrics import ApiMetrics
 from app.settings import Settings
 from app.storage.clickhouse import ClickHouse
 from app.storage.migrate import MIGRATIONS_DIR, migrate
+from consumers.alerts.runner import alerts_runner, buzz_runner
 from consumers.base import ConsumerMetrics, KafkaTransport, Transport, run_all
 from consumers.cascades.runner import cascades_runner
 from consumers.sink.runner import sink_runners
@@ -52,7 +54,6 @@ def apply_migrations(settings: Settings, clickhouse: ClickHouse) -> list[str]:
 async def apply_database_migrations(settings: Settings) -> list[str]:
     """Upgrade the control-plane database to head; returns the revisions applied."""
     from app.db import migrate as alembic
-    from app.db.session import database_url
 
     return await alembic.upgrade(database_url(settings), directory=settings.database.migrations_dir)
 
@@ -132,10 +133,16 @@ class Embedded:
         )
         self.server = _Server(config)
         consumer_metrics = ConsumerMetrics(api_metrics.registry)
+        engine = create_engine(database_url(settings))
+        sessions = sessionmaker(engine)
         runners = [
             *sink_runners(settings, clickhouse, self.consumers_stop, consumer_metrics, transport),
             cascades_runner(
                 settings, clickhouse, self.consumers_stop, consumer_metrics, transport
+            ),
+            buzz_runner(settings, sessions, self.consumers_stop, consumer_metrics, transport),
+            alerts_runner(
+                settings, clickhouse, sessions, self.consumers_stop, consumer_metrics, transport
             ),
         ]
         consumers = asyncio.create_task(run_all(runners, self.consumers_stop), name="consumers")
@@ -160,6 +167,7 @@ class Embedded:
                 consumers.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await consumers
+            await engine.dispose()
 
     async def _drain(self, bus: MemoryBus, groups: list[str]) -> None:
         """Wait until every group has committed everything (or the timeout, or a 2nd stop)."""

@@ -29,8 +29,9 @@ class KafkaSettings(BaseModel):
     bootstrap: str | None = None
     topic: str = "share-events"
     dlq_topic: str = "share-events-dlq"
-    # Spread signals from the cascades consumer, for the alerts consumer.
-    signals_topic: str = "spread-signals"
+    # What the alerts consumer reads, keyed by campaign: spread signals from the
+    # cascades consumer and scored texts from the buzz consumer.
+    signals_topic: str = "signals"
     partitions: int = Field(12, ge=1, le=10_000)
     replication_factor: int = Field(1, ge=1, le=16)
     # Off for brokers without InitProducerId support (e.g. Tansu 0.6).
@@ -170,6 +171,46 @@ class CascadeSettings(BaseModel):
     virality_min_size: int = Field(50, ge=3)
 
 
+class AlertSettings(BaseModel):
+    """The buzz scorer and the alerts consumer (consumers/buzz, consumers/alerts).
+
+    Defaults for every alert kind; a campaign's alert rules (control plane)
+    override ``window_s``, ``min_volume``, ``cooldown_s`` and the ``open`` /
+    ``resolve`` thresholds per kind, or disable a kind.
+    """
+
+    # Event time: a campaign's watermark trails its newest event by this much, and a
+    # minute closes (baselines update, open alerts may resolve) once the watermark passes it.
+    out_of_order_s: float = Field(5.0, ge=0, le=3600)
+    # Events older than the watermark by more than this are counted and left out of the windows.
+    max_lateness_s: float = Field(86_400.0, ge=0)
+    # Baselines: EWMA over closed minutes with this half-life.
+    baseline_halflife_min: float = Field(60.0, gt=0)
+    # Buzz alerts wait for this many closed minutes with volume in the baseline.
+    warmup_min: int = Field(15, ge=1)
+    # How much history a restarted consumer rebuilds its baselines from.
+    history_min: int = Field(360, ge=1, le=10_080)
+    window_s: int = Field(300, ge=60, le=86_400)
+    min_volume: int = Field(20, ge=0)
+    cooldown_s: int = Field(1800, ge=0)
+    # buzz.negative_spike and buzz.volume_spike: z-scores against the baseline.
+    z_open: float = Field(3.0, gt=0)
+    z_resolve: float = Field(1.5, ge=0)
+    # buzz.negative_velocity: negative shares per positive share in the window.
+    velocity_open: float = Field(2.0, gt=1)
+    velocity_resolve: float = Field(1.2, gt=0)
+    # Alert rules and campaign languages are re-read from the control plane this often.
+    rules_refresh_s: float = Field(30.0, gt=0)
+    # The alerts consumer writes (windows, alerts, webhooks) at most this often.
+    flush_interval_s: float = Field(1.0, gt=0, le=60)
+
+    @model_validator(mode="after")
+    def _hysteresis(self) -> AlertSettings:
+        if self.z_resolve >= self.z_open or self.velocity_resolve >= self.velocity_open:
+            raise ValueError("a resolve threshold must be below its open threshold (hysteresis)")
+        return self
+
+
 class DatabaseSettings(BaseModel):
     """The control-plane database (campaigns, links, keys, webhooks).
 
@@ -237,6 +278,7 @@ class Settings(BaseSettings):
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     consumer: ConsumerSettings = Field(default_factory=ConsumerSettings)
     cascades: CascadeSettings = Field(default_factory=CascadeSettings)
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
     query: QuerySettings = Field(default_factory=QuerySettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
 

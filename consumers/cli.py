@@ -49,3 +49,19 @@ def cascades() -> None:
     from consumers.cascades.runner import run_cascades
 
     _run_until_signal(run_cascades)
+
+
+@consume_app.command()
+def buzz() -> None:
+    """Score comments, reactions, reports and captions; publish them to the signals topic."""
+    from consumers.alerts.runner import run_alerts
+
+    _run_until_signal(lambda settings, stop: run_alerts(settings, stop, alerts=False))
+
+
+@consume_app.command()
+def alerts() -> None:
+    """Buzz windows, alert detection and the webhook outbox, from the signals topic."""
+    from consumers.alerts.runner import run_alerts
+
+    _run_until_signal(lambda settings, stop: run_alerts(settings, stop, buzz=False))

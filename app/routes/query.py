@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-from datetime import UTC, datetime
-from typing import Annotated
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, Path
+from fastapi import APIRouter, Depends, Header, Path, Query
 from pydantic import BaseModel, Field
 
 from app.db.keys import hash_key
 from app.errors import ApiError, bearer_token, missing_key
 from app.events import CAMPAIGN_PATTERN, EVENT_TYPES
 from app.state import AppState, StateDep
+from app.storage.alerts import StoredAlert, alert_document, read_alerts, read_buzz
 from app.storage.clickhouse import ClickHouse, StorageError
 
 router = APIRouter(prefix="/v1", tags=["query"])
@@ -131,3 +132,132 @@ async def campaign_summary(campaign: Campaign, state: StateDep) -> Summary:
         unique_visitors=int(visitors),
         as_of=datetime.now(UTC),
     )
+
+
+# ---- alerts and buzz -------------------------------------------------------------------
+
+MAX_BUZZ_RANGE = timedelta(days=7)
+
+
+class AlertOut(BaseModel):
+    """An alert as delivered by webhooks (``data``), with its explanation and links."""
+
+    id: str
+    kind: str
+    campaign: str
+    state: Literal["open", "resolved"]
+    opened_at: datetime
+    resolved_at: datetime | None
+    value: float
+    baseline: float
+    threshold: float
+    window: dict[str, datetime]
+    numbers: dict[str, Any]
+    explanation: dict[str, Any]
+    links: dict[str, str]
+
+
+def _alert_out(alert: StoredAlert, state: AppState) -> AlertOut:
+    document = alert_document(alert, alert.explanation, state.settings.tracking.public_base_url)
+    return AlertOut.model_validate(document)
+
+
+@router.get(
+    "/campaigns/{campaign}/alerts",
+    dependencies=[Depends(require_read_key)],
+    responses={401: {}, 503: {}},
+)
+async def campaign_alerts(
+    campaign: Campaign,
+    state: StateDep,
+    status: Annotated[Literal["open", "resolved"] | None, Query(alias="state")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[AlertOut]:
+    """The campaign's alerts, newest first; ``state`` filters open or resolved ones."""
+    clickhouse = await reader(state)
+    try:
+        alerts = await read_alerts(clickhouse, campaign, state=status or "", limit=limit)
+    except StorageError as exc:
+        raise _unavailable(exc) from exc
+    return [_alert_out(a, state) for a in alerts]
+
+
+@router.get(
+    "/campaigns/{campaign}/alerts/{alert_id}",
+    dependencies=[Depends(require_read_key)],
+    responses={401: {}, 404: {}, 503: {}},
+)
+async def campaign_alert(
+    campaign: Campaign,
+    alert_id: Annotated[str, Path(max_length=200)],
+    state: StateDep,
+) -> AlertOut:
+    """One alert, in its latest state."""
+    clickhouse = await reader(state)
+    try:
+        alerts = await read_alerts(clickhouse, campaign, alert_id=alert_id, limit=1)
+    except StorageError as exc:
+        raise _unavailable(exc) from exc
+    if not alerts:
+        raise ApiError(404, "not_found", "no such alert in this campaign", "alert_id")
+    return _alert_out(alerts[0], state)
+
+
+class BuzzMinute(BaseModel):
+    minute: datetime
+    volume: int
+    negative: int
+    positive: int
+    negative_shares: int
+    positive_shares: int
+    negative_share: float
+    top_negative_terms: list[tuple[str, int]]
+    languages: dict[str, int]
+
+
+class BuzzOut(BaseModel):
+    campaign: str
+    branch: str | None = Field(description="cascade root, or None for the whole campaign")
+    start: datetime
+    end: datetime
+    minutes: list[BuzzMinute]
+
+
+@router.get(
+    "/campaigns/{campaign}/buzz",
+    dependencies=[Depends(require_read_key)],
+    responses={400: {}, 401: {}, 503: {}},
+)
+async def campaign_buzz(
+    campaign: Campaign,
+    state: StateDep,
+    start: Annotated[datetime | None, Query(alias="from")] = None,
+    end: Annotated[datetime | None, Query(alias="to")] = None,
+    branch: Annotated[str | None, Query(pattern=r"^[0-9a-f]{16}$")] = None,
+) -> BuzzOut:
+    """Per-minute buzz (volume, negative share, top negative terms, languages) in
+    ``[from, to)``, default the last hour; at most 7 days; ``branch`` is a cascade root."""
+    end_at = _utc(end, "to") if end is not None else datetime.now(UTC)
+    start_at = _utc(start, "from") if start is not None else end_at - timedelta(hours=1)
+    if start_at >= end_at:
+        raise ApiError(400, "bad_range", "`from` must be before `to`", "from")
+    if end_at - start_at > MAX_BUZZ_RANGE:
+        raise ApiError(400, "range_too_large", "at most 7 days of minutes per request", "from")
+    clickhouse = await reader(state)
+    try:
+        windows = await read_buzz(clickhouse, campaign, start_at, end_at, branch or "")
+    except StorageError as exc:
+        raise _unavailable(exc) from exc
+    return BuzzOut(
+        campaign=campaign,
+        branch=branch,
+        start=start_at,
+        end=end_at,
+        minutes=[BuzzMinute(**w._asdict()) for w in windows],
+    )
+
+
+def _utc(value: datetime, field: str) -> datetime:
+    if value.tzinfo is None:
+        raise ApiError(400, "bad_time", "give a time zone (e.g. Z or +00:00)", field)
+    return value.astimezone(UTC)

@@ -18,8 +18,9 @@ memory (``consumers/cascades/state.py``). Per fetch:
 
 A failed write is retried with the same rows and dedup token (the drained
 changes are kept until a write succeeds). Spread signals are published at
-least once; a signal's ``id`` is stable across replays, so receivers can
-drop repeats.
+least once, keyed by campaign (the alerts consumer keeps per-campaign
+state); a signal's ``id`` is stable across replays, so receivers can drop
+repeats.
 """
 
 from __future__ import annotations
@@ -253,7 +254,7 @@ class CascadesPipeline:
         clickhouse: ClickHouse | None = None,
         *,
         publish: Publish | None = None,
-        signals_topic: str = "spread-signals",
+        signals_topic: str = "signals",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
@@ -393,7 +394,7 @@ class CascadesPipeline:
             flush.stats.append(stats_row(stats, now))
             state = self.signal_state.setdefault(root, SignalState())
             for signal in cascade_signals(cascade, stats, state, cfg):
-                flush.signals.append((stats.root.encode(), _signal_bytes(signal, now)))
+                flush.signals.append((cascade.campaign.encode(), _signal_bytes(signal, now)))
             campaigns.add(cascade.campaign)
         self.dirty.clear()
         for campaign in sorted(campaigns):
@@ -402,7 +403,7 @@ class CascadesPipeline:
                 continue
             viral = viral_signal(campaign, windows, cfg)
             if viral is not None:
-                flush.signals.append((f"campaign:{campaign}".encode(), _signal_bytes(viral, now)))
+                flush.signals.append((campaign.encode(), _signal_bytes(viral, now)))
         return flush
 
     async def write(self, rows: Sequence[Row], dedup_token: str) -> None:

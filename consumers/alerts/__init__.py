@@ -1,0 +1,1 @@
+"""The alerts consumer: negative buzz and spread alerts, delivered as webhooks."""

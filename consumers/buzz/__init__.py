@@ -1,0 +1,1 @@
+"""The buzz consumer: scores texts and explicit signals for the alerts consumer."""
