@@ -41,8 +41,8 @@ _LANGUAGES_SQL = f"""
 SELECT lang, count() AS n {_WINDOW} GROUP BY lang ORDER BY n DESC, lang
 """
 _TERMS_SQL = f"""
-SELECT term, count() AS n {_WINDOW} AND label = 'negative'
-ARRAY JOIN negative_terms AS term GROUP BY term ORDER BY n DESC, term LIMIT {TOP}
+SELECT arrayJoin(negative_terms) AS term, count() AS n {_WINDOW} AND label = 'negative'
+GROUP BY term ORDER BY n DESC, term LIMIT {TOP}
 """
 _CASCADE_SPREADERS_SQL = """
 SELECT root, spreader.1 AS node, spreader.2 AS descendants
