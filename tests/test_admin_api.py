@@ -88,7 +88,7 @@ class Api:
         return result
 
     async def rule(self, campaign: str, **fields: Any) -> dict[str, Any]:
-        body = {"campaign": campaign, "kind": "negative_buzz", **fields}
+        body = {"campaign": campaign, "kind": "buzz.negative_spike", **fields}
         result: dict[str, Any] = await self.ok("POST", "/alert-rules", 201, json=body)
         return result
 
@@ -303,11 +303,11 @@ async def test_webhook_crud(api: Api) -> None:
 async def test_alert_rule_crud(api: Api) -> None:
     await api.campaign("spring")
     created = await api.rule(
-        "spring", kind="spread_velocity", thresholds={"shares_per_min": 5}, window_s=60
+        "spring", kind="spread.accelerating", thresholds={"open": 5}, window_s=60
     )
     assert created["campaign"] == "spring"
-    assert created["kind"] == "spread_velocity"
-    assert created["thresholds"] == {"shares_per_min": 5.0}
+    assert created["kind"] == "spread.accelerating"
+    assert created["thresholds"] == {"open": 5.0}
     assert created["window_s"] == 60
     assert created["min_volume"] == 20  # defaults
     assert created["cooldown_s"] == 1800
@@ -320,12 +320,12 @@ async def test_alert_rule_crud(api: Api) -> None:
     patched = await api.ok(
         "PATCH",
         f"/alert-rules/{rule_id}",
-        json={"window_s": 600, "enabled": False, "thresholds": {"negative_share": 0.4}},
+        json={"window_s": 600, "enabled": False, "thresholds": {"open": 8, "resolve": 2}},
     )
     assert patched["window_s"] == 600
     assert patched["enabled"] is False
-    assert patched["thresholds"] == {"negative_share": 0.4}
-    assert patched["kind"] == "spread_velocity"
+    assert patched["thresholds"] == {"open": 8.0, "resolve": 2.0}
+    assert patched["kind"] == "spread.accelerating"
     assert patched["min_volume"] == 20
     assert (await api.ok("GET", f"/alert-rules/{rule_id}"))["window_s"] == 600
 
@@ -423,7 +423,7 @@ async def test_a_campaign_bound_admin_cannot_touch_another_campaign(api: Api) ->
         403,
         "forbidden",
         "campaign",
-        {"campaign": "b", "kind": "negative_buzz"},
+        {"campaign": "b", "kind": "buzz.negative_spike"},
     )
     # Rows of another campaign, and keys beyond the bound key's reach, do not exist for it.
     for path in (f"/webhooks/{hook['id']}", f"/alert-rules/{rule['id']}"):
@@ -449,7 +449,7 @@ async def test_a_campaign_bound_admin_cannot_touch_another_campaign(api: Api) ->
         "POST", "/webhooks", 201, json={"campaign": "a", "url": "https://h.example/"}, key=bound
     )
     await api.ok(
-        "POST", "/alert-rules", 201, json={"campaign": "a", "kind": "negative_buzz"}, key=bound
+        "POST", "/alert-rules", 201, json={"campaign": "a", "kind": "buzz.negative_spike"}, key=bound
     )
     made = await api.ok(
         "POST", "/keys", 201, json={"scopes": ["read"], "campaigns": ["a"]}, key=bound
@@ -524,7 +524,7 @@ async def test_unknown_ids_are_404(api: Api) -> None:
         ("GET", "/webhooks/999999", None, "id"),
         ("PATCH", "/webhooks/999999", {"enabled": False}, "id"),
         ("DELETE", "/webhooks/999999", None, "id"),
-        ("POST", "/alert-rules", {"campaign": "nope", "kind": "negative_buzz"}, "campaign"),
+        ("POST", "/alert-rules", {"campaign": "nope", "kind": "buzz.negative_spike"}, "campaign"),
         ("GET", "/alert-rules/999999", None, "id"),
         ("PATCH", "/alert-rules/999999", {"enabled": False}, "id"),
         ("DELETE", "/alert-rules/999999", None, "id"),
@@ -646,30 +646,48 @@ async def test_duplicate_slugs_are_409(api: Api) -> None:
         (
             "POST",
             "/alert-rules",
-            {"campaign": "spring", "kind": "negative_buzz", "window_s": 9},
+            {"campaign": "spring", "kind": "buzz.negative_spike", "window_s": 9},
             "window_s",
             "greater_than_equal",
         ),
         (
             "POST",
             "/alert-rules",
-            {"campaign": "spring", "kind": "negative_buzz", "window_s": 0},
+            {"campaign": "spring", "kind": "buzz.negative_spike", "window_s": 0},
             "window_s",
             "greater_than_equal",
         ),
         (
             "POST",
             "/alert-rules",
-            {"campaign": "spring", "kind": "negative_buzz", "min_volume": -1},
+            {"campaign": "spring", "kind": "buzz.negative_spike", "min_volume": -1},
             "min_volume",
             "greater_than_equal",
         ),
         (
             "POST",
             "/alert-rules",
-            {"campaign": "spring", "kind": "negative_buzz", "id": 1},
+            {"campaign": "spring", "kind": "buzz.negative_spike", "id": 1},
             "id",
             "extra_forbidden",
+        ),
+        (
+            "POST",
+            "/alert-rules",
+            {"campaign": "spring", "kind": "buzz.negative_spike", "thresholds": {"z": 3}},
+            "thresholds",
+            "value_error",
+        ),
+        (
+            "POST",
+            "/alert-rules",
+            {
+                "campaign": "spring",
+                "kind": "buzz.negative_spike",
+                "thresholds": {"open": 2, "resolve": 3},
+            },
+            "thresholds",
+            "value_error",
         ),
     ],
 )
@@ -692,11 +710,11 @@ async def test_bad_input_is_422(
 async def test_patching_an_alert_rule_below_the_minimum_window_is_422(api: Api) -> None:
     await api.campaign("spring")
     rule = await api.rule("spring", window_s=60)
-    for body, field in [({"window_s": 9}, "window_s"), ({"kind": "spread_velocity"}, "kind")]:
+    for body, field in [({"window_s": 9}, "window_s"), ({"kind": "spread.accelerating"}, "kind")]:
         resp = await api.call("PATCH", f"/alert-rules/{rule['id']}", json=body)
         assert_error(resp, 422, "invalid", field)
     fetched = await api.ok("GET", f"/alert-rules/{rule['id']}")
-    assert (fetched["window_s"], fetched["kind"]) == (60, "negative_buzz")
+    assert (fetched["window_s"], fetched["kind"]) == (60, "buzz.negative_spike")
 
 
 # ---- redirect destination safety --------------------------------------------------------------

@@ -41,7 +41,15 @@ NAMING = {
 }
 
 SCOPES = ("read", "write", "admin")
-ALERT_KINDS = ("spread_velocity", "negative_buzz")
+# What an alert rule can be about (consumers/alerts). Names are the webhook event types.
+BUZZ_ALERT_KINDS = ("buzz.negative_spike", "buzz.volume_spike", "buzz.negative_velocity")
+SPREAD_ALERT_KINDS = (
+    "spread.accelerating",
+    "spread.viral",
+    "spread.forecast_exceeds",
+    "spread.structural_virality",
+)
+ALERT_KINDS = BUZZ_ALERT_KINDS + SPREAD_ALERT_KINDS
 DELIVERY_STATES = ("pending", "delivered", "failed", "dead")
 
 

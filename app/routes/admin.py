@@ -478,11 +478,31 @@ async def delete_webhook(webhook_id: int, session: Session, admin: Admin) -> Res
 
 
 class RulePatch(Strict):
-    thresholds: dict[str, float] | None = None
+    thresholds: dict[str, float] | None = Field(
+        None,
+        description="`open` and `resolve` (resolve below open: hysteresis). Buzz spikes: "
+        "z-scores (default 3 and 1.5); buzz.negative_velocity: negative shares per positive "
+        "share (2 and 1.2); spread kinds: `open` is the least signal value that alerts.",
+    )
     window_s: int | None = Field(None, ge=10, le=7 * 86_400)
     min_volume: int | None = Field(None, ge=0)
     cooldown_s: int | None = Field(None, ge=0, le=30 * 86_400)
     enabled: bool | None = None
+
+
+    @field_validator("thresholds")
+    @classmethod
+    def _known_thresholds(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        if value is None:
+            return value
+        unknown = sorted(set(value) - {"open", "resolve"})
+        if unknown:
+            raise ValueError(f"unknown thresholds {unknown}: only open and resolve")
+        if any(v < 0 or v != v or v == float("inf") for v in value.values()):
+            raise ValueError("thresholds are finite and not negative")
+        if "open" in value and "resolve" in value and value["resolve"] >= value["open"]:
+            raise ValueError("resolve must be below open (hysteresis)")
+        return value
 
 
 class RuleIn(RulePatch):

@@ -35,16 +35,12 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
+from app.db.models import BUZZ_ALERT_KINDS, SPREAD_ALERT_KINDS
+
 MINUTE_MS = 60_000
 
-BUZZ_KINDS = ("buzz.negative_spike", "buzz.volume_spike", "buzz.negative_velocity")
-SPREAD_KINDS = (
-    "spread.accelerating",
-    "spread.viral",
-    "spread.forecast_exceeds",
-    "spread.structural_virality",
-)
-ALERT_KINDS = BUZZ_KINDS + SPREAD_KINDS
+BUZZ_KINDS = BUZZ_ALERT_KINDS
+SPREAD_KINDS = SPREAD_ALERT_KINDS
 Label = Literal["negative", "neutral", "positive"]
 
 # A baseline share below this is treated as this, so one negative comment in a
