@@ -188,3 +188,33 @@ async def test_outage_and_eviction_through_real_clickhouse_lose_nothing(
     assert set(got) == set(want)
     for root, row in got.items():
         assert_matches(row, want[root])
+
+
+async def test_an_idle_cascade_resolves_its_open_signals_before_it_leaves_memory(
+    migrated: ClickHouse,
+) -> None:
+    import random
+
+    cfg = CascadeSettings(virality_threshold=3.0, virality_min_size=5, idle_evict_s=60)
+    now = [0.0]
+    published: list[tuple[bytes, dict[str, Any]]] = []
+
+    async def publish(topic: str, key: bytes, value: bytes) -> None:
+        published.append((key, orjson.loads(value)))
+
+    pipeline = CascadesPipeline(cfg, migrated, publish=publish, clock=lambda: now[0])
+    chain = tree_shares(list(range(-1, 11)), random.Random(3), campaign="camp")
+    for offset, share in enumerate(chain):
+        pipeline.process(record(orjson.dumps(wire_event(share)), offset=offset))
+    await pipeline.write([], "w1")
+    opened = {s["kind"] for _, s in published if s["state"] == "open"}
+    assert "spread.structural_virality" in opened
+    assert all(key == b"camp" for key, _ in published), "keyed by campaign"
+    published.clear()
+
+    now[0] = 61.0  # idle past idle_evict_s
+    await pipeline.write([], "w2")
+    resolved = {s["kind"]: s for _, s in published if s["state"] == "resolved"}
+    assert set(resolved) == opened
+    assert all(s["numbers"]["reason"] == "idle" for s in resolved.values())
+    assert pipeline.cascades == {}, "evicted once its signals were resolved"

@@ -39,7 +39,13 @@ from app.bus.base import BusError
 from app.settings import CascadeSettings
 from app.storage.clickhouse import ClickHouse, StorageError
 from consumers.base import InvalidMessage, Record, Row, json_object, now_ms
-from consumers.cascades.signals import CampaignWindows, SignalState, cascade_signals, viral_signal
+from consumers.cascades.signals import (
+    CampaignWindows,
+    SignalState,
+    cascade_signals,
+    idle_signals,
+    viral_signal,
+)
 from consumers.cascades.state import (
     TOUCH_KINDS,
     Cascade,
@@ -397,6 +403,12 @@ class CascadesPipeline:
                 flush.signals.append((cascade.campaign.encode(), _signal_bytes(signal, now)))
             campaigns.add(cascade.campaign)
         self.dirty.clear()
+        for root in self._idle():
+            state = self.signal_state.get(root)
+            if state is not None and _any_open(state):
+                cascade = self.cascades[root]
+                for signal in idle_signals(cascade.stats(), state):
+                    flush.signals.append((cascade.campaign.encode(), _signal_bytes(signal, now)))
         for campaign in sorted(campaigns):
             windows = self.windows.get(campaign)
             if windows is None:
@@ -432,15 +444,16 @@ class CascadesPipeline:
 
     def evict_idle(self) -> int:
         """Drop clean cascades idle for ``idle_evict_s``; they are restored on their next event."""
-        horizon = self.clock() - self.settings.idle_evict_s
-        idle = [
-            root
-            for root, used in self.used_at.items()
-            if used <= horizon and root not in self.dirty
-        ]
+        # A cascade with open signals stays until a write has published their
+        # resolution (``_drain``), so none is left open downstream.
+        idle = [root for root in self._idle() if not _any_open(self.signal_state.get(root))]
         for root in idle:
             self._forget(root)
         return len(idle)
+
+    def _idle(self) -> list[int]:
+        horizon = self.clock() - self.settings.idle_evict_s
+        return [r for r, used in self.used_at.items() if used <= horizon and r not in self.dirty]
 
     def _forget(self, root: int) -> None:
         self.cascades.pop(root, None)
@@ -460,6 +473,10 @@ class CascadesPipeline:
             self._forget(root)
         self._flush = None
         self.windows.clear()  # they mix partitions; rebuilt from new events
+
+
+def _any_open(state: SignalState | None) -> bool:
+    return state is not None and (state.accelerating or state.forecast or state.structural)
 
 
 def _signal_bytes(signal: dict[str, Any], now: int) -> bytes:

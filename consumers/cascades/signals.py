@@ -117,6 +117,30 @@ def cascade_signals(
     return out
 
 
+IDLE_KINDS = (
+    ("accelerating", "spread.accelerating"),
+    ("forecast", "spread.forecast_exceeds"),
+    ("structural", "spread.structural_virality"),
+)
+
+
+def idle_signals(stats: CascadeStats, state: SignalState) -> list[dict[str, Any]]:
+    """``resolved`` for each open signal of a cascade about to leave memory (idle).
+
+    An evicted cascade restarts with no open signals, so without these its
+    open ones would never resolve downstream.
+    """
+    out = []
+    for flag, kind in IDLE_KINDS:
+        if getattr(state, flag):
+            setattr(state, flag, False)
+            out.append(_signal(
+                kind, RESOLVED, stats.campaign, stats.root, stats.version, stats.last_ts,
+                0.0, 0.0, {"reason": "idle", "size": stats.size},
+            ))  # fmt: skip
+    return out
+
+
 @dataclass
 class CampaignWindows:
     """Per event-time minute: valid sharers and valid recruited sharers of a campaign."""
