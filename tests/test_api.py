@@ -317,6 +317,15 @@ async def test_share_with_parent_is_its_child(cfg: Any) -> None:
         assert child["visitor"] is not None and "crm-42" not in json.dumps(child)
 
 
+async def test_a_share_recorded_later_keeps_its_own_time(cfg: Any) -> None:
+    async with running_app(cfg) as (app, client):
+        when = int(time.time() * 1000) - 3_600_000
+        resp = await client.post("/v1/shares", json={"campaign": "spring", "ts": when})
+        assert resp.status_code == 201
+        [event] = events(app)
+        assert event["ts"] == when and event["received_at"] > when
+
+
 @pytest.mark.parametrize(
     ("body", "status", "reason", "field"),
     [
@@ -331,6 +340,9 @@ async def test_share_with_parent_is_its_child(cfg: Any) -> None:
             "parent",
         ),
         ({"campaign": "spring", "parent": "nope"}, 400, "malformed", "parent"),
+        ({"campaign": "spring", "ts": 1_000}, 400, "bad_ts", "ts"),
+        ({"campaign": "spring", "ts": 2**62}, 400, "bad_ts", "ts"),
+        ({"campaign": "spring", "ts": -5}, 422, "invalid", "ts"),
         ({"campaign": "Spring Sale"}, 422, "invalid", "campaign"),
         ({"campaign": "spring", "extra": 1}, 422, "invalid", "extra"),
         ({}, 422, "invalid", "campaign"),

@@ -27,6 +27,7 @@ from app.events import (
     EventIn,
     InvalidEvent,
     build_event,
+    check_time,
     partition_key,
 )
 from app.ingest import EventStages, Hit
@@ -54,6 +55,11 @@ class ShareIn(BaseModel):
     channel: Channel | None = None
     visitor: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = Field(
         None, description="your own id for the sharer; stored only as a keyed hash"
+    )
+    ts: Annotated[int, Field(ge=0)] | None = Field(
+        None,
+        description="when the share happened, ms since the epoch (a server recording or "
+        "importing shares); refused unless plausible, as for events; default now",
     )
 
 
@@ -260,6 +266,11 @@ async def create_share(body: ShareIn, request: Request, state: StateDep) -> Shar
             visitor=state.enricher.external_visitor_id(body.campaign, body.visitor),
             net=None,
         )
+    tracking = state.settings.tracking
+    try:
+        ts = check_time(body.ts, received, tracking.max_event_age_s, tracking.max_event_skew_s)
+    except InvalidEvent as exc:
+        raise ApiError(400, exc.reason, exc.message, "ts") from None
     event = EventIn(type="share", campaign=body.campaign, channel=body.channel)
     wire = build_event(
         event,
@@ -267,7 +278,7 @@ async def create_share(body: ShareIn, request: Request, state: StateDep) -> Shar
         token=token,
         client=client,
         source="shares",
-        ts=received,
+        ts=ts,
         received_ms=received,
         url=None,
         parent=parent,
