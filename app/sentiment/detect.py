@@ -11,10 +11,11 @@ Steps, cheapest first:
    Norwegian Nynorsk counts as ``"no"``.
 4. Malay and Indonesian: on short informal text every detector we tried
    leans to Indonesian (docs/sentiment.md). When both are candidates and the
-   model picks either, the words that only one of the two lexicons knows
-   (Malay "tak", "je", "kat", "berbaloi"; Indonesian "nggak", "banget",
-   "udah", "kualitas") are counted, and the side with more wins; a tie keeps
-   the model's answer.
+   model picks either, each lexicon's ``markers`` (everyday words of that
+   language that the other lexicon does not know: Malay "je", "kat",
+   "berbaloi", "kempen"; Indonesian "nggak", "banget", "udah", "kualitas")
+   are counted in the text, and the side with more wins; a tie keeps the
+   model's answer.
 5. When the model's probability for its pick is below ``min_confidence``
    (one or two short words), the candidate whose own lexicon knows the most
    of the words wins; if none knows any, ``"und"``.
@@ -52,8 +53,13 @@ class Detector:
         self._identifier = identifier
         self._min_confidence = min_confidence
         self._vocabulary = {code: languages[code].vocabulary() for code in LATIN_LANGUAGES}
-        ms, id_ = self._vocabulary["ms"], self._vocabulary["id"]
-        self._only = {"ms": ms - id_, "id": id_ - ms}
+        # Only the curated markers count as evidence: a sentiment word missing from
+        # one lexicon is a gap in that lexicon, not a sign of the other language.
+        ms, id_ = languages["ms"], languages["id"]
+        self._only = {
+            "ms": ms.markers - self._vocabulary["id"],
+            "id": id_.markers - self._vocabulary["ms"],
+        }
 
     def detect(self, words: Sequence[str], candidates: frozenset[str]) -> str:
         """The language of a text given its (lower-cased) word tokens.
