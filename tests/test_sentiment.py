@@ -6,6 +6,7 @@ import fnmatch
 import json
 import threading
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from typer.testing import CliRunner
 from app.cli import cli
 from app.sentiment import (
     SUPPORTED_LANGUAGES,
+    Scorer,
     TextScore,
     default_scorer,
     explicit_negative,
@@ -32,7 +34,7 @@ LABELS = ("negative", "neutral", "positive")
 
 
 @pytest.fixture(scope="module")
-def scorer():  # type: ignore[no-untyped-def]
+def scorer() -> Scorer:
     return default_scorer()
 
 
@@ -61,7 +63,7 @@ NEGATION = [
 
 
 @pytest.mark.parametrize(("lang", "plain", "negated"), NEGATION)
-def test_negation_flips_the_label(scorer, lang: str, plain: str, negated: str) -> None:  # type: ignore[no-untyped-def]
+def test_negation_flips_the_label(scorer: Scorer, lang: str, plain: str, negated: str) -> None:
     assert scorer.score(plain, lang=lang).label == "positive"
     result = scorer.score(negated, lang=lang)
     assert result.label == "negative", result
@@ -78,15 +80,15 @@ def test_negation_flips_the_label(scorer, lang: str, plain: str, negated: str) -
         ("no", "Ikke dårlig"),
     ],
 )
-def test_negated_negative_is_not_negative(scorer, lang: str, text: str) -> None:  # type: ignore[no-untyped-def]
+def test_negated_negative_is_not_negative(scorer: Scorer, lang: str, text: str) -> None:
     assert scorer.score(text, lang=lang).label == "positive"
 
 
-def test_negation_scope_ends_at_clause_punctuation(scorer) -> None:  # type: ignore[no-untyped-def]
+def test_negation_scope_ends_at_clause_punctuation(scorer: Scorer) -> None:
     assert scorer.score("No, this is great", lang="en").label == "positive"
 
 
-def test_idioms_that_look_like_negation(scorer) -> None:  # type: ignore[no-untyped-def]
+def test_idioms_that_look_like_negation(scorer: Scorer) -> None:
     # "bukan main" intensifies; "ما أجمل" is an exclamation; "tak guna" is one negative term.
     plain = scorer.score("sedap kek ni", lang="ms").score
     idiom = scorer.score("bukan main sedap kek ni", lang="ms")
@@ -117,7 +119,9 @@ INTENSIFIED = [
 
 
 @pytest.mark.parametrize(("lang", "plain", "strong"), INTENSIFIED)
-def test_intensifiers_increase_magnitude(scorer, lang: str, plain: str, strong: str) -> None:  # type: ignore[no-untyped-def]
+def test_intensifiers_increase_magnitude(
+    scorer: Scorer, lang: str, plain: str, strong: str
+) -> None:
     a, b = scorer.score(plain, lang=lang), scorer.score(strong, lang=lang)
     assert a.label == b.label != "neutral"
     assert abs(b.score) > abs(a.score)
@@ -127,11 +131,11 @@ def test_intensifiers_increase_magnitude(scorer, lang: str, plain: str, strong: 
     ("lang", "plain", "weak"),
     [("en", "good", "slightly good"), ("id", "bagus", "agak bagus"), ("no", "dyrt", "litt dyrt")],
 )
-def test_diminishers_decrease_magnitude(scorer, lang: str, plain: str, weak: str) -> None:  # type: ignore[no-untyped-def]
+def test_diminishers_decrease_magnitude(scorer: Scorer, lang: str, plain: str, weak: str) -> None:
     assert abs(scorer.score(weak, lang=lang).score) < abs(scorer.score(plain, lang=lang).score)
 
 
-def test_caps_elongation_and_exclamations_emphasise(scorer) -> None:  # type: ignore[no-untyped-def]
+def test_caps_elongation_and_exclamations_emphasise(scorer: Scorer) -> None:
     base = scorer.score("this ad is bad", lang="en").score
     assert scorer.score("this ad is BAD", lang="en").score < base
     assert scorer.score("this ad is bad!!!", lang="en").score < base
@@ -149,7 +153,9 @@ def test_caps_elongation_and_exclamations_emphasise(scorer) -> None:  # type: ig
         ("no", "Fin emballasje, men produktet er elendig", "negative"),
     ],
 )
-def test_contrast_weights_the_second_clause(scorer, lang: str, text: str, label: str) -> None:  # type: ignore[no-untyped-def]
+def test_contrast_weights_the_second_clause(
+    scorer: Scorer, lang: str, text: str, label: str
+) -> None:
     assert scorer.score(text, lang=lang).label == label
 
 
@@ -168,13 +174,13 @@ def test_contrast_weights_the_second_clause(scorer, lang: str, text: str, label:
         ("ar", "نصب", "نصب"),
     ],
 )
-def test_buzz_phrases_are_negative_terms(scorer, lang: str, text: str, term: str) -> None:  # type: ignore[no-untyped-def]
+def test_buzz_phrases_are_negative_terms(scorer: Scorer, lang: str, text: str, term: str) -> None:
     result = scorer.score(text, lang=lang)
     assert result.label == "negative"
     assert normalize_word(term) in result.negative_terms
 
 
-def test_arabic_normalisation_and_clitics(scorer) -> None:  # type: ignore[no-untyped-def]
+def test_arabic_normalisation_and_clitics(scorer: Scorer) -> None:
     plain = scorer.score("ممتاز", lang="ar")
     assert plain.label == "positive"
     # diacritics, tatweel, alef forms, ta marbuta, the conjunction و and the article ال
@@ -185,12 +191,12 @@ def test_arabic_normalisation_and_clitics(scorer) -> None:  # type: ignore[no-un
     assert scorer.score("ولا أنصح به", lang="ar").label == "negative"
 
 
-def test_code_mixed_english_words_count(scorer) -> None:  # type: ignore[no-untyped-def]
+def test_code_mixed_english_words_count(scorer: Scorer) -> None:
     assert scorer.score("Servis laju, packaging cantik, worth it", lang="ms").label == "positive"
     assert scorer.score("Barangnya scam, jangan beli", lang="id").label == "negative"
 
 
-def test_false_friends_do_not_fall_back(scorer) -> None:  # type: ignore[no-untyped-def]
+def test_false_friends_do_not_fall_back(scorer: Scorer) -> None:
     # Norwegian "hell" is luck, not English hell; Indonesian "percuma" is "in vain".
     assert scorer.score("Lykke og hell", lang="no").label != "negative"
     assert scorer.score("percuma beli", lang="id").label == "negative"
@@ -219,19 +225,19 @@ def test_false_friends_do_not_fall_back(scorer) -> None:  # type: ignore[no-unty
         ("🇲🇾", "neutral"),  # a flag carries no sentiment
     ],
 )
-def test_emoji_only(scorer, text: str, label: str) -> None:  # type: ignore[no-untyped-def]
+def test_emoji_only(scorer: Scorer, text: str, label: str) -> None:
     result = scorer.score(text)
     assert result.label == label
     assert result.lang == "und"
 
 
-def test_mixed_emoji_and_text(scorer) -> None:  # type: ignore[no-untyped-def]
+def test_mixed_emoji_and_text(scorer: Scorer) -> None:
     assert scorer.score("Iklan ni kelakar 😂🔥").label == "positive"
     assert scorer.score("Delivery was late again 😡👎").label == "negative"
     assert scorer.score("😍😍 but it broke after one day 😭😭").label == "negative"
 
 
-def test_terms_are_normalised_unique_and_at_most_five(scorer) -> None:  # type: ignore[no-untyped-def]
+def test_terms_are_normalised_unique_and_at_most_five(scorer: Scorer) -> None:
     text = "awful terrible horrible bad worst disgusting 😡 awful awful"
     result = scorer.score(text, lang="en")
     assert len(result.negative_terms) == 5
@@ -240,7 +246,7 @@ def test_terms_are_normalised_unique_and_at_most_five(scorer) -> None:  # type: 
     assert scorer.score("GREAT product", lang="en").positive_terms == ("great",)
 
 
-def test_empty_and_unknown_text(scorer) -> None:  # type: ignore[no-untyped-def]
+def test_empty_and_unknown_text(scorer: Scorer) -> None:
     for text in ("", "   ", "12345", "!!!", "https://example.com/x"):
         result = scorer.score(text)
         assert result == TextScore("neutral", 0.0, "und", (), ())
@@ -263,7 +269,7 @@ DETECTION = [
 
 
 @pytest.mark.parametrize(("lang", "text"), DETECTION)
-def test_detects_realistic_comments(scorer, lang: str, text: str) -> None:  # type: ignore[no-untyped-def]
+def test_detects_realistic_comments(scorer: Scorer, lang: str, text: str) -> None:
     assert scorer.score(text).lang == lang
 
 
@@ -277,7 +283,7 @@ def _seed_paragraphs() -> list[tuple[str, str]]:
 
 
 @pytest.mark.parametrize(("lang", "paragraph"), _seed_paragraphs())
-def test_detects_campaign_material(scorer, lang: str, paragraph: str) -> None:  # type: ignore[no-untyped-def]
+def test_detects_campaign_material(scorer: Scorer, lang: str, paragraph: str) -> None:
     assert scorer.score(paragraph).lang == lang
     assert scorer.score(paragraph, languages=["ms", "id", "ar", "no"]).lang == lang
 
@@ -286,7 +292,7 @@ def test_seed_paragraphs_cover_the_four_languages() -> None:
     assert {lang for lang, _p in _seed_paragraphs()} == {"ms", "id", "ar", "no"}
 
 
-def test_campaign_languages_narrow_detection(scorer) -> None:  # type: ignore[no-untyped-def]
+def test_campaign_languages_narrow_detection(scorer: Scorer) -> None:
     text = "Harga paket ini berapa?"
     assert scorer.score(text, languages=["ms"]).lang == "ms"
     assert scorer.score(text, languages=["id"]).lang == "id"
@@ -298,7 +304,7 @@ def test_campaign_languages_narrow_detection(scorer) -> None:  # type: ignore[no
     assert scorer.score("Bagus", languages=("en-US", "ms_MY")).lang in {"en", "ms"}
 
 
-def test_caller_language_is_trusted(scorer) -> None:  # type: ignore[no-untyped-def]
+def test_caller_language_is_trusted(scorer: Scorer) -> None:
     assert scorer.score("This is good", lang="ms").lang == "ms"
     assert scorer.score("Veldig bra", lang="nb-NO").lang == "no"
     assert scorer.score("Veldig bra", lang="nn").lang == "no"
@@ -468,7 +474,7 @@ def test_labelled_sets_are_well_formed() -> None:
         assert min(counts.values()) >= 10, (lang, counts)
 
 
-def test_evaluation_on_the_labelled_sets(scorer) -> None:  # type: ignore[no-untyped-def]
+def test_evaluation_on_the_labelled_sets(scorer: Scorer) -> None:
     reports = evaluate(load_examples(DATA / "sentiment"), scorer)
     summary = {
         lang: (r.accuracy, r.labels["negative"].precision, r.labels["negative"].recall)
@@ -483,7 +489,9 @@ def test_evaluation_on_the_labelled_sets(scorer) -> None:  # type: ignore[no-unt
 
 def test_evaluate_counts() -> None:
     class Fixed:
-        def score(self, text, lang=None, languages=None):  # type: ignore[no-untyped-def]
+        def score(
+            self, text: str, lang: str | None = None, languages: Sequence[str] | None = None
+        ) -> TextScore:
             label = "negative" if "bad" in text else "positive"
             return TextScore(label, -0.5 if label == "negative" else 0.5, "en", (), ())
 

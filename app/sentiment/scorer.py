@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal, Protocol
 
@@ -306,7 +306,6 @@ class RuleScorer:
     ) -> list[tuple[str, float]]:
         out: list[tuple[str, float]] = []
         contrast_at: int | None = None
-        n = len(units)
         for i, unit in enumerate(units):
             if unit.glyph is not None:
                 out.append((unit.key, unit.glyph))
@@ -332,13 +331,7 @@ class RuleScorer:
             valence += sign * unit.emphasis
             negator: str | None = None
             negator_after = False
-            for distance in range(1, _PRE_SCOPE + 1):
-                j = i - distance
-                if j < 0:
-                    break
-                before = units[j]
-                if before.boundary or (before.entry is not None and before.entry.contrast):
-                    break
+            for distance, _j, before in _scope(units, i, -1, _PRE_SCOPE):
                 b = before.entry
                 if b is None:
                     continue
@@ -349,13 +342,7 @@ class RuleScorer:
                     valence += sign * scalar * _DAMPING[distance - 1]
                 if b.negator and negator is None:
                     negator = before.key
-            for distance in range(1, _POST_SCOPE + 1):
-                j = i + distance
-                if j >= n:
-                    break
-                after = units[j]
-                if after.boundary or (after.entry is not None and after.entry.contrast):
-                    break
+            for distance, j, after in _scope(units, i, 1, _POST_SCOPE):
                 a = after.entry
                 if a is None:
                     continue
@@ -398,25 +385,29 @@ def _match_phrase(
     return None
 
 
-def _next_sentiment(units: list[_Unit], i: int) -> bool:
-    """Whether a sentiment word follows unit ``i`` within the scope, in the same clause."""
-    for j in range(i + 1, min(len(units), i + 1 + _PRE_SCOPE)):
+def _scope(units: list[_Unit], i: int, step: int, limit: int) -> Iterator[tuple[int, int, _Unit]]:
+    """(distance, index, unit) of up to ``limit`` units from ``i`` in direction ``step``,
+    stopping at clause punctuation and at a contrast word."""
+    for distance in range(1, limit + 1):
+        j = i + step * distance
+        if not 0 <= j < len(units):
+            return
         unit = units[j]
         if unit.boundary or (unit.entry is not None and unit.entry.contrast):
-            return False
-        if _sentiment(unit) and not (unit.entry is not None and unit.entry.negator):
-            return True
-    return False
+            return
+        yield distance, j, unit
+
+
+def _next_sentiment(units: list[_Unit], i: int) -> bool:
+    """Whether a sentiment word (not itself a negator) follows unit ``i`` in its scope."""
+    return any(
+        _sentiment(u) and not (u.entry is not None and u.entry.negator)
+        for _d, _j, u in _scope(units, i, 1, _PRE_SCOPE)
+    )
 
 
 def _previous_sentiment(units: list[_Unit], i: int) -> bool:
-    for j in range(i - 1, max(-1, i - 1 - _POST_SCOPE), -1):
-        unit = units[j]
-        if unit.boundary or (unit.entry is not None and unit.entry.contrast):
-            return False
-        if _sentiment(unit):
-            return True
-    return False
+    return any(_sentiment(u) for _d, _j, u in _scope(units, i, -1, _POST_SCOPE))
 
 
 def _punctuation_emphasis(text: str) -> float:
