@@ -140,6 +140,37 @@ def schema() -> None:
     typer.echo(json.dumps(EventV1.model_json_schema(), indent=2, sort_keys=True))
 
 
+@cli.command("score-text")
+def score_text(
+    languages: Annotated[
+        str | None,
+        typer.Option(help="comma-separated languages to detect among, e.g. en,ms"),
+    ] = None,
+) -> None:
+    """Score JSON lines {"text": ..., "lang"?: ...} from stdin: one JSON line out per line in.
+
+    Exits 1 if any line was bad (its output line is {"error": {...}}), else 0.
+    """
+    from app.sentiment import SUPPORTED_LANGUAGES, default_scorer
+    from app.sentiment.jsonl import score_stream
+    from app.sentiment.scorer import canonical_language
+
+    wanted: list[str] | None = None
+    if languages is not None:
+        wanted = [code.strip() for code in languages.split(",") if code.strip()]
+        unknown = [c for c in wanted if canonical_language(c) not in SUPPORTED_LANGUAGES]
+        if not wanted or unknown:
+            supported = ",".join(sorted(SUPPORTED_LANGUAGES))
+            raise typer.BadParameter(
+                f"unsupported {','.join(unknown) or '(none given)'}; supported: {supported}",
+                param_hint="--languages",
+            )
+    stdin = typer.get_binary_stream("stdin")
+    stdout = typer.get_binary_stream("stdout")
+    bad = score_stream(stdin, stdout, default_scorer(), wanted)
+    raise typer.Exit(1 if bad else 0)
+
+
 def main() -> None:
     cli()
 

@@ -11,6 +11,7 @@ import typer
 from app.bench.cascades import cascades as _cascades
 from app.bench.forecast import forecast as _forecast
 from app.bench.ingest import ingest as _ingest
+from app.bench.sentiment import sentiment as _sentiment
 from app.bench.sink import latency as _latency
 from app.bench.sink import sink as _sink
 
@@ -22,5 +23,6 @@ bench.command("sink")(_sink)
 bench.command("latency")(_latency)
 bench.command("forecast")(_forecast)
 bench.command("cascades")(_cascades)
+bench.command("sentiment")(_sentiment)
 
 __all__ = ["bench"]
