@@ -449,7 +449,11 @@ async def test_a_campaign_bound_admin_cannot_touch_another_campaign(api: Api) ->
         "POST", "/webhooks", 201, json={"campaign": "a", "url": "https://h.example/"}, key=bound
     )
     await api.ok(
-        "POST", "/alert-rules", 201, json={"campaign": "a", "kind": "buzz.negative_spike"}, key=bound
+        "POST",
+        "/alert-rules",
+        201,
+        json={"campaign": "a", "kind": "buzz.negative_spike"},
+        key=bound,
     )
     made = await api.ok(
         "POST", "/keys", 201, json={"scopes": ["read"], "campaigns": ["a"]}, key=bound

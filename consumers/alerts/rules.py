@@ -17,9 +17,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.db.models import AlertRule, Campaign
+from app.db.models import ALERT_KINDS, AlertRule, Campaign
 from app.settings import AlertSettings
-from consumers.alerts.detect import ALERT_KINDS, MINUTE_MS, SPREAD_KINDS, Rule
+from consumers.alerts.detect import SPREAD_KINDS, Rule
 
 
 def default_rules(cfg: AlertSettings) -> dict[str, Rule]:
@@ -100,6 +100,3 @@ async def load_rulebook(sessions: async_sessionmaker[AsyncSession], cfg: AlertSe
         ).all()
     return RuleBook.build(cfg, [(s, langs) for s, langs in campaigns], [(s, r) for s, r in rules])
 
-
-COOLDOWN_MAX_MS = 30 * 86_400 * 1000  # the admin API's ceiling for cooldown_s
-__all__ = ["MINUTE_MS", "RuleBook", "default_rules", "load_rulebook", "COOLDOWN_MAX_MS"]
