@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import json
+
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -122,5 +124,43 @@ async def test_0002_marks_keys_without_campaigns_as_all_campaigns(database_url: 
                 text("SELECT id, all_campaigns FROM api_keys ORDER BY id")
             )
             assert [(i, bool(a)) for i, a in rows] == [(1, True), (2, False)]
+    finally:
+        await engine.dispose()
+
+
+async def test_0004_renames_alert_kinds_to_alert_types_and_keeps_open_resolve(
+    database_url: str,
+) -> None:
+    from sqlalchemy import text
+
+    await migrate.upgrade(database_url, "0003")
+    engine = create_engine(database_url)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(
+                text(
+                    "INSERT INTO campaigns (id, slug, name, allowed_origins, retention_days, "
+                    "languages, require_write_key, active) VALUES "
+                    "(1, 'spring', 'Spring', '[]', 400, '[\"en\"]', false, true)"
+                )
+            )
+            for rule_id, kind, thresholds in [
+                (1, "negative_buzz", '{"open": 4, "negative_share": 0.3}'),
+                (2, "spread_velocity", "{}"),
+            ]:
+                await connection.execute(
+                    text(
+                        "INSERT INTO alert_rules (id, campaign_id, kind, thresholds, window_s, "
+                        "min_volume, cooldown_s, enabled) "
+                        f"VALUES ({rule_id}, 1, '{kind}', '{thresholds}', 300, 20, 1800, true)"
+                    )
+                )
+        assert await migrate.upgrade(database_url) == ["0004"]
+        async with engine.connect() as connection:
+            rows = await connection.execute(
+                text("SELECT id, kind, thresholds FROM alert_rules ORDER BY id")
+            )
+            got = [(i, k, t if isinstance(t, dict) else json.loads(t)) for i, k, t in rows]
+        assert got == [(1, "buzz.negative_spike", {"open": 4}), (2, "spread.accelerating", {})]
     finally:
         await engine.dispose()
