@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from standardwebhooks import Webhook, WebhookVerificationError
 
@@ -277,3 +277,11 @@ async def until(check: Callable[[], Any], timeout_s: float = 10.0, what: str = "
 
 async def states(sessions: async_sessionmaker[AsyncSession]) -> Counter[str]:
     return Counter(d.state for d in await deliveries(sessions))
+
+
+async def count_in_state(sessions: async_sessionmaker[AsyncSession], state: str) -> int:
+    async with sessions() as session:
+        count = await session.scalar(
+            select(func.count()).select_from(WebhookDelivery).where(WebhookDelivery.state == state)
+        )
+        return int(count or 0)
