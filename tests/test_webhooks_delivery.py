@@ -39,9 +39,12 @@ from tests.webhookhelpers import (
     add_endpoint,
     attempt_log,
     deliveries,
+    listening,
     notifier,
     outbox_db,
     receiving,
+    run_until_settled,
+    settled,
     states,
     until,
     webhook_settings,
@@ -73,13 +76,6 @@ async def send(
         return added
 
 
-async def settled(sessions: Sessions, count: int) -> list[WebhookDelivery] | None:
-    """The deliveries once ``count`` exist and none is pending any more."""
-    rows = await deliveries(sessions)
-    done = len(rows) == count and all(d.state != "pending" for d in rows)
-    return rows if done else None
-
-
 # ---- the receiver and signatures ---------------------------------------------------
 
 
@@ -88,11 +84,9 @@ async def test_a_delivery_verifies_and_unsigned_or_tampered_bodies_do_not(
 ) -> None:
     settings = webhook_settings(tmp_path, database_url)
     async with outbox_db(database_url) as sessions, receiving() as receiver:
-        endpoint = await add_endpoint(sessions, receiver.url())
-        receiver.secrets["/hook"] = [endpoint.secret]
+        await listening(sessions, receiver)
         assert await send(sessions, "evt-1", k_factor=1.4) == 1
-        async with notifier(settings, sessions):
-            [delivery] = await until(lambda: settled(sessions, 1), what="the delivery")
+        [delivery] = await run_until_settled(settings, sessions, 1)
         assert delivery.state == "delivered"
         [receipt] = receiver.for_id(delivery.message_id)
         assert receipt.verified and receipt.status == 200
@@ -125,11 +119,9 @@ async def test_500s_then_200_delivers_exactly_once_with_the_attempt_log(
         return Answer(500, body=b"receiver is down") if before < 3 else Answer(200)
 
     async with outbox_db(database_url) as sessions, receiving(plan) as receiver:
-        endpoint = await add_endpoint(sessions, receiver.url())
-        receiver.secrets["/hook"] = [endpoint.secret]
+        endpoint = await listening(sessions, receiver)
         await send(sessions, "evt-1")
-        async with notifier(settings, sessions):
-            [delivery] = await until(lambda: settled(sessions, 1), what="the delivery")
+        [delivery] = await run_until_settled(settings, sessions, 1)
         assert (delivery.state, delivery.attempts, delivery.last_status) == ("delivered", 4, 200)
         assert delivery.delivered_at is not None
         receipts = receiver.for_id(delivery.message_id)
@@ -162,8 +154,7 @@ async def test_retry_after_is_honoured_in_both_forms(database_url: str, tmp_path
         return Answer(204, body=b"")
 
     async with outbox_db(database_url) as sessions, receiving(plan) as receiver:
-        endpoint = await add_endpoint(sessions, receiver.url())
-        receiver.secrets["/hook"] = [endpoint.secret]
+        await listening(sessions, receiver)
         await send(sessions, "evt-1", now=clock())
 
         async def recorded(status: int) -> WebhookDelivery | None:
@@ -196,9 +187,8 @@ async def test_410_disables_the_endpoint_and_holds_its_deliveries_until_it_is_en
         return Answer(410) if gone.get(path) else Answer(200)
 
     async with outbox_db(database_url) as sessions, receiving(plan) as receiver:
-        leaving = await add_endpoint(sessions, receiver.url("/gone"))
-        staying = await add_endpoint(sessions, receiver.url("/ok"))
-        receiver.secrets = {"/gone": [leaving.secret], "/ok": [staying.secret]}
+        leaving = await listening(sessions, receiver, "/gone")
+        staying = await listening(sessions, receiver, "/ok")
         assert await send(sessions, "evt-1") == 2
         assert await send(sessions, "evt-2") == 2
 
@@ -229,8 +219,7 @@ async def test_410_disables_the_endpoint_and_holds_its_deliveries_until_it_is_en
                 .values(enabled=True, disabled_reason=None)
             )
             await session.commit()
-        async with notifier(settings, sessions):
-            await until(lambda: settled(sessions, 5), what="every delivery")
+        await run_until_settled(settings, sessions, 5)
         assert (await states(sessions)) == {"delivered": 5}
         first = receiver.for_id(held[0].message_id)
         assert [r.status for r in first] == [410, 200]  # same webhook-id after the resume
@@ -244,11 +233,9 @@ async def test_a_timeout_is_a_failed_attempt(database_url: str, tmp_path: Path) 
         return Answer(500, delay_s=1.0) if before == 0 else Answer(200)
 
     async with outbox_db(database_url) as sessions, receiving(plan) as receiver:
-        endpoint = await add_endpoint(sessions, receiver.url())
-        receiver.secrets["/hook"] = [endpoint.secret]
+        await listening(sessions, receiver)
         await send(sessions, "evt-1")
-        async with notifier(settings, sessions):
-            [delivery] = await until(lambda: settled(sessions, 1), what="the delivery")
+        [delivery] = await run_until_settled(settings, sessions, 1)
         assert (delivery.state, delivery.attempts) == ("delivered", 2)
         log = await attempt_log(sessions, delivery.id)
         assert [(a.status_code, a.error) for a in log] == [
@@ -267,11 +254,9 @@ async def test_after_the_last_attempt_it_fails_and_a_redeliver_sends_the_same_we
         outbox_db(database_url) as sessions,
         receiving(lambda path, webhook_id, before: Answer(answer["status"])) as receiver,
     ):
-        endpoint = await add_endpoint(sessions, receiver.url())
-        receiver.secrets["/hook"] = [endpoint.secret]
+        await listening(sessions, receiver)
         await send(sessions, "evt-1")
-        async with notifier(settings, sessions):
-            [delivery] = await until(lambda: settled(sessions, 1), what="the failure")
+        [delivery] = await run_until_settled(settings, sessions, 1)
         assert (delivery.state, delivery.attempts, delivery.last_status) == ("failed", 3, 500)
         assert [r.status for r in receiver.snapshot()] == [500, 500, 500]
 
@@ -292,8 +277,7 @@ async def test_after_the_last_attempt_it_fails_and_a_redeliver_sends_the_same_we
             assert again.json()["error"]["reason"] == "not_redeliverable"
 
             answer["status"] = 200
-            async with notifier(settings, sessions):
-                [delivery] = await until(lambda: settled(sessions, 1), what="the redelivery")
+            [delivery] = await run_until_settled(settings, sessions, 1)
             assert (delivery.state, delivery.attempts) == ("delivered", 1)
             detail = (
                 await api.get(f"{ADMIN}/webhook-deliveries/{delivery.id}", headers=auth)
@@ -374,8 +358,7 @@ async def test_loopback_targets_are_refused_at_delivery_time_without_the_allowli
         for url in urls:
             await add_endpoint(sessions, url)
         assert await send(sessions, "evt-1") == len(urls)
-        async with notifier(settings, sessions, resolver=rebinding):
-            rows = await until(lambda: settled(sessions, len(urls)), what="the refusals")
+        rows = await run_until_settled(settings, sessions, len(urls), resolver=rebinding)
         assert receiver.snapshot() == []
         for delivery in rows:
             assert (delivery.state, delivery.attempts) == ("failed", 2)
@@ -534,8 +517,7 @@ async def test_two_notifiers_on_one_database_never_send_an_attempt_twice(
         outbox_db(database_url) as sessions,
         receiving(lambda path, webhook_id, before: Answer(200, delay_s=0.03)) as receiver,
     ):
-        endpoint = await add_endpoint(sessions, receiver.url())
-        receiver.secrets["/hook"] = [endpoint.secret]
+        await listening(sessions, receiver)
         for n in range(40):
             await send(sessions, f"evt-{n}")
         engines = [create_engine(database_url), create_engine(database_url)]

@@ -21,9 +21,9 @@ from tests.procs import ApiProcess
 from tests.test_sink_kill import kill_restart_finish
 from tests.webhookhelpers import (
     Answer,
-    add_endpoint,
     count_in_state,
     deliveries,
+    listening,
     outbox_db,
     receiving,
     until,
@@ -79,8 +79,7 @@ async def test_sigkill_mid_delivery_then_restart_delivers_each_webhook_id_once(
         return Answer(500, delay_s=0.05) if before == 0 else Answer(200, delay_s=0.25)
 
     async with outbox_db(database_url) as sessions, receiving(plan) as receiver:
-        endpoint = await add_endpoint(sessions, receiver.url())
-        receiver.secrets["/hook"] = [endpoint.secret]
+        await listening(sessions, receiver)
         await enqueue_many(sessions, DELIVERIES)
 
         async def delivered() -> int:
@@ -131,8 +130,7 @@ async def test_viraltrace_up_delivers_webhooks(tmp_path: Path) -> None:
     try:
         url = f"sqlite+aiosqlite:///{data_dir / 'control.db'}"
         async with outbox_db(url) as sessions, receiving() as receiver:
-            endpoint = await add_endpoint(sessions, receiver.url())
-            receiver.secrets["/hook"] = [endpoint.secret]
+            await listening(sessions, receiver)
             await enqueue_many(sessions, 3)
             await until(lambda: len(receiver.processed) == 3, 20, "three deliveries")
 

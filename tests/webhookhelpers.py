@@ -220,6 +220,15 @@ async def add_endpoint(
         return endpoint
 
 
+async def listening(
+    sessions: async_sessionmaker[AsyncSession], receiver: Receiver, path: str = "/hook"
+) -> WebhookEndpoint:
+    """An endpoint at ``receiver``'s ``path``, whose secret the receiver verifies with."""
+    endpoint = await add_endpoint(sessions, receiver.url(path))
+    receiver.secrets[path] = [endpoint.secret]
+    return endpoint
+
+
 async def deliveries(sessions: async_sessionmaker[AsyncSession]) -> list[WebhookDelivery]:
     async with sessions() as session:
         return list(await session.scalars(select(WebhookDelivery).order_by(WebhookDelivery.id)))
@@ -259,6 +268,26 @@ async def notifier(
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)
+
+
+async def settled(
+    sessions: async_sessionmaker[AsyncSession], count: int
+) -> list[WebhookDelivery] | None:
+    """The deliveries once ``count`` exist and none is pending any more."""
+    rows = await deliveries(sessions)
+    done = len(rows) == count and all(d.state != "pending" for d in rows)
+    return rows if done else None
+
+
+async def run_until_settled(
+    settings: Settings, sessions: async_sessionmaker[AsyncSession], count: int, **kwargs: Any
+) -> list[WebhookDelivery]:
+    """Runs a notifier until ``count`` deliveries exist and none is pending; returns them."""
+    async with notifier(settings, sessions, **kwargs):
+        rows: list[WebhookDelivery] = await until(
+            lambda: settled(sessions, count), what=f"{count} deliveries to settle"
+        )
+        return rows
 
 
 async def until(check: Callable[[], Any], timeout_s: float = 10.0, what: str = "") -> Any:
