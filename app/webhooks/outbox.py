@@ -289,26 +289,18 @@ async def record_attempt(
     Returns False when the delivery was no longer ours (our lease ran out and another
     notifier claimed it): then only the attempt's log row is completed.
     """
+    # Locks in the order claim_due takes them (the delivery first), so a late notifier
+    # recording while another claims the same delivery cannot deadlock with it.
+    values: dict[str, Any] = {
+        "state": decision.state,
+        "last_status": result.status,
+        "last_error": _clip(result.error, ERROR_CHARS),
+    }
+    if decision.next_attempt_at is not None:
+        values["next_attempt_at"] = decision.next_attempt_at
+    if decision.state == "delivered":
+        values["delivered_at"] = now
     try:
-        await session.execute(
-            update(WebhookAttempt)
-            .where(WebhookAttempt.id == claimed.log_id)
-            .values(
-                status_code=result.status,
-                error=_clip(result.error, ERROR_CHARS),
-                latency_ms=result.latency_ms,
-                response_excerpt=_clip(result.excerpt, EXCERPT_CHARS),
-            )
-        )
-        values: dict[str, Any] = {
-            "state": decision.state,
-            "last_status": result.status,
-            "last_error": _clip(result.error, ERROR_CHARS),
-        }
-        if decision.next_attempt_at is not None:
-            values["next_attempt_at"] = decision.next_attempt_at
-        if decision.state == "delivered":
-            values["delivered_at"] = now
         owned = await session.execute(
             update(WebhookDelivery)
             .where(
@@ -325,6 +317,16 @@ async def record_attempt(
                 .where(WebhookEndpoint.id == claimed.endpoint_id, WebhookEndpoint.enabled)
                 .values(enabled=False, disabled_reason=decision.disable_endpoint)
             )
+        await session.execute(
+            update(WebhookAttempt)
+            .where(WebhookAttempt.id == claimed.log_id)
+            .values(
+                status_code=result.status,
+                error=_clip(result.error, ERROR_CHARS),
+                latency_ms=result.latency_ms,
+                response_excerpt=_clip(result.excerpt, EXCERPT_CHARS),
+            )
+        )
         await session.commit()
     except BaseException:
         await session.rollback()
