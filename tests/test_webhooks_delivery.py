@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
+import subprocess
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
@@ -18,6 +20,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.db.keys import new_webhook_secret
 from app.db.models import WebhookDelivery, WebhookEndpoint
 from app.settings import WebhookSettings
 from app.webhooks.client import VettingBackend, new_client, send_attempt
@@ -402,6 +405,58 @@ async def test_private_targets_are_refused_at_delivery_time_before_any_connectio
     assert result.outcome == "refused"
     assert result.error is not None and why in result.error
     assert recorder.connects == []
+
+
+def self_signed(tmp_path: Path, name: str) -> tuple[Path, Path]:
+    """(certificate, key) for ``name``, made by the openssl command line."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+        + ["-keyout", str(key), "-out", str(cert), "-subj", f"/CN={name}"]
+        + ["-addext", f"subjectAltName=DNS:{name}"],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+async def test_tls_to_a_vetted_address_keeps_the_host_name_for_sni_and_the_certificate(
+    tmp_path: Path,
+) -> None:
+    """The notifier connects to the address it vetted (127.0.0.1, allowlisted), while
+    TLS sends the URL's host name as SNI and checks the certificate against it, and
+    the Host header stays the name."""
+    cert, key = self_signed(tmp_path, "hooks.test")
+    server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_tls.load_cert_chain(cert, key)
+    sni: list[str | None] = []
+    server_tls.sni_callback = lambda sock, name, context: sni.append(name)
+
+    async def dns(host: str, port: int) -> list[str]:
+        return ["127.0.0.1"]
+
+    guard = Guard(Allowlist.parse(["127.0.0.1"]), dns)
+    trust = ssl.create_default_context(cafile=str(cert))
+    async with receiving(tls=server_tls) as receiver:
+        secret = new_webhook_secret()
+        receiver.secrets["/hook"] = [secret]
+        results = []
+        async with new_client(guard, timeout_s=5, max_connections=1, verify=trust) as client:
+            for host in ("hooks.test", "other.test"):
+                url = f"https://{host}:{receiver.port}/hook"
+                claimed = Claimed(1, 1, 1, 1, "msg_tls", url, "{}", (secret,), EVENT_AT)
+                results.append(
+                    await send_attempt(client, guard, claimed, now=datetime.now(UTC), timeout_s=5)
+                )
+        named, wrong_name = results
+        assert named.outcome == "delivered", named
+        [receipt] = receiver.snapshot()
+        assert receipt.verified
+        assert receipt.headers["host"] == f"hooks.test:{receiver.port}"
+        assert sni[0] == "hooks.test"
+        # The certificate names hooks.test: reached as other.test, the same server fails.
+        assert wrong_name.outcome == "network_error"
+        assert wrong_name.error is not None and "certificate" in wrong_name.error.lower()
 
 
 # ---- the outbox ------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
 import time
 from collections import Counter
@@ -63,7 +64,7 @@ class Receiver:
     webhook-id: ``processed`` holds each id once, ``duplicates`` counts re-receipts
     of an id it had already accepted (2xx)."""
 
-    def __init__(self, plan: Plan | None = None) -> None:
+    def __init__(self, plan: Plan | None = None, tls: ssl.SSLContext | None = None) -> None:
         self.plan: Plan = plan or (lambda path, webhook_id, before: Answer())
         self.secrets: dict[str, list[str]] = {}
         self.receipts: list[Receipt] = []
@@ -82,11 +83,15 @@ class Receiver:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
+        self.scheme = "http"
+        if tls is not None:
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
+            self.scheme = "https"
         self.port = self.server.server_address[1]
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def url(self, path: str = "/hook") -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+        return f"{self.scheme}://127.0.0.1:{self.port}{path}"
 
     def start(self) -> Receiver:
         self._thread.start()
@@ -152,8 +157,10 @@ class Receiver:
 
 
 @asynccontextmanager
-async def receiving(plan: Plan | None = None) -> AsyncIterator[Receiver]:
-    receiver = Receiver(plan).start()
+async def receiving(
+    plan: Plan | None = None, tls: ssl.SSLContext | None = None
+) -> AsyncIterator[Receiver]:
+    receiver = Receiver(plan, tls).start()
     try:
         yield receiver
     finally:

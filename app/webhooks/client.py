@@ -14,6 +14,7 @@ connect on our behalf, past the guard) and bounds a whole attempt by ``timeout_s
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 import typing
 from datetime import datetime
@@ -83,10 +84,15 @@ class VettedTransport(httpx.AsyncHTTPTransport):
     the DNS-rebinding test fails if that ever changes).
     """
 
-    def __init__(self, backend: VettingBackend, max_connections: int) -> None:
+    def __init__(
+        self,
+        backend: VettingBackend,
+        max_connections: int,
+        verify: ssl.SSLContext | bool = True,
+    ) -> None:
         super().__init__(trust_env=False)
         self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=httpx.create_ssl_context(trust_env=False),
+            ssl_context=httpx.create_ssl_context(verify=verify, trust_env=False),
             max_connections=max_connections,
             max_keepalive_connections=max_connections,
             keepalive_expiry=5.0,
@@ -94,9 +100,15 @@ class VettedTransport(httpx.AsyncHTTPTransport):
         )
 
 
-def new_client(guard: Guard, timeout_s: float, max_connections: int) -> httpx.AsyncClient:
+def new_client(
+    guard: Guard,
+    timeout_s: float,
+    max_connections: int,
+    verify: ssl.SSLContext | bool = True,
+) -> httpx.AsyncClient:
+    """The notifier's client. ``verify``: the TLS trust (default: the system's CAs)."""
     return httpx.AsyncClient(
-        transport=VettedTransport(VettingBackend(guard), max_connections),
+        transport=VettedTransport(VettingBackend(guard), max_connections, verify),
         follow_redirects=False,
         trust_env=False,
         timeout=httpx.Timeout(timeout_s),
