@@ -8,9 +8,8 @@ Order of stop (SIGINT/SIGTERM): the HTTP server first (no new events; the
 pixel micro-batch drains into the bus), then, on the in-process bus, the
 consumers read what is left (up to ``DRAIN_TIMEOUT_S``), then they make
 their final write and commit (the notifier finishes its attempts in flight),
-then ClickHouse closes. A second signal
-stops at once. On Kafka nothing needs draining: what the consumers have
-not read stays in Kafka.
+then ClickHouse closes. A second signal stops at once. On Kafka nothing
+needs draining: what the consumers have not read stays in Kafka.
 """
 
 from __future__ import annotations
@@ -136,7 +135,9 @@ class Embedded:
         consumer_metrics = ConsumerMetrics(api_metrics.registry)
         runners = [
             *sink_runners(settings, clickhouse, self.consumers_stop, consumer_metrics, transport),
-            cascades_runner(settings, clickhouse, self.consumers_stop, consumer_metrics, transport),
+            cascades_runner(
+                settings, clickhouse, self.consumers_stop, consumer_metrics, transport
+            ),
         ]
         consumers = asyncio.create_task(run_all(runners, self.consumers_stop), name="consumers")
         notifier = asyncio.create_task(
