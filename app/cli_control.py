@@ -297,8 +297,14 @@ def webhooks_add(
     except ValueError as exc:
         raise _fail(f"invalid webhook: {exc}") from exc
 
-    async def work(session: AsyncSession, _: Settings) -> tuple[int, str]:
+    async def work(session: AsyncSession, settings: Settings) -> tuple[int, str]:
+        from app.webhooks.ssrf import Guard, UnsafeUrl
+
         row = await _campaign(session, campaign)
+        try:
+            await Guard.from_hosts(settings.webhooks.allowed_hosts).check_url(str(body.url))
+        except UnsafeUrl as exc:
+            raise _fail(f"refused: {exc.reason}") from exc
         endpoint = new_webhook(row, str(body.url), body.event_types)
         session.add(endpoint)
         await session.flush()
@@ -327,6 +333,97 @@ def webhooks_list(data_dir: DataDir = None) -> None:
         "webhooks",
         ["id", "campaign", "url", "types", "enabled", "disabled because"],
         _run(data_dir, work),
+    )
+
+
+@webhooks_app.command("deliveries")
+def webhooks_deliveries(
+    endpoint: Annotated[int, typer.Argument(help="the webhook endpoint's id")],
+    limit: Annotated[int, typer.Option(help="newest first, at most this many")] = 20,
+    data_dir: DataDir = None,
+) -> None:
+    """List an endpoint's deliveries, newest first (state, attempts, last status)."""
+    from app.db.models import WebhookDelivery, WebhookEndpoint
+
+    async def work(session: AsyncSession, _: Settings) -> list[list[Any]]:
+        if await session.get(WebhookEndpoint, endpoint) is None:
+            raise _fail(f"no webhook {endpoint}")
+        rows = await session.scalars(
+            select(WebhookDelivery)
+            .where(WebhookDelivery.endpoint_id == endpoint)
+            .order_by(WebhookDelivery.id.desc())
+            .limit(limit)
+        )
+        return [
+            [
+                d.id,
+                d.message_id,
+                d.event_type,
+                d.state,
+                d.attempts,
+                d.last_status,
+                d.next_attempt_at if d.state == "pending" else d.delivered_at,
+                d.last_error,
+            ]
+            for d in rows
+        ]
+
+    _table(
+        f"deliveries of webhook {endpoint}",
+        ["id", "webhook-id", "type", "state", "attempts", "last status", "next/done", "error"],
+        _run(data_dir, work),
+    )
+
+
+@webhooks_app.command("redeliver")
+def webhooks_redeliver(
+    delivery: Annotated[int, typer.Argument(help="the delivery's id")],
+    data_dir: DataDir = None,
+) -> None:
+    """Send a delivered, failed or dead delivery again (same webhook-id, schedule restarted)."""
+    from datetime import UTC, datetime
+
+    from app.db.models import WebhookDelivery
+    from app.webhooks.outbox import NotRedeliverable, redeliver
+
+    async def work(session: AsyncSession, _: Settings) -> str:
+        row = await session.get(WebhookDelivery, delivery)
+        if row is None:
+            raise _fail(f"no delivery {delivery}")
+        try:
+            redeliver(row, datetime.now(UTC))
+        except NotRedeliverable as exc:
+            raise _fail(exc.reason) from exc
+        return row.message_id
+
+    typer.echo(f"delivery {delivery} ({_run(data_dir, work)}) is pending again")
+
+
+@webhooks_app.command("rotate-secret")
+def webhooks_rotate_secret(
+    endpoint: Annotated[int, typer.Argument(help="the webhook endpoint's id")],
+    data_dir: DataDir = None,
+) -> None:
+    """Print a new whsec_ secret once; the old one keeps signing for the grace period."""
+    from datetime import UTC, datetime
+
+    from app.db.models import WebhookEndpoint
+    from app.webhooks.outbox import rotate_secret
+
+    async def work(session: AsyncSession, settings: Settings) -> tuple[str, Any]:
+        row = await session.get(WebhookEndpoint, endpoint)
+        if row is None:
+            raise _fail(f"no webhook {endpoint}")
+        grace = settings.webhooks.rotation_grace_s
+        return rotate_secret(row, datetime.now(UTC), grace), row.previous_secret_expires_at
+
+    secret, until = _run(data_dir, work)
+    typer.echo(secret)
+    typer.echo(
+        f"(store the secret now; the previous one also signs until {until})"
+        if until
+        else "(store the secret now; the previous one no longer signs)",
+        err=True,
     )
 
 

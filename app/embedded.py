@@ -1,15 +1,15 @@
-"""``viraltrace up``: the API and every consumer in one process.
+"""``viraltrace up``: the API, every consumer and the webhook notifier in one process.
 
 Order of start: migrations, the ClickHouse client (chdb unless a DSN is
 set), the bus (in-process unless ``kafka.bootstrap`` is set), then the HTTP
-server and the consumers side by side on one event loop.
+server, the consumers and the webhook notifier side by side on one event loop.
 
 Order of stop (SIGINT/SIGTERM): the HTTP server first (no new events; the
 pixel micro-batch drains into the bus), then, on the in-process bus, the
 consumers read what is left (up to ``DRAIN_TIMEOUT_S``), then they make
-their final write and commit, then ClickHouse closes. A second signal
-stops at once. On Kafka nothing needs draining: what the consumers have
-not read stays in Kafka.
+their final write and commit (the notifier finishes its attempts in flight),
+then ClickHouse closes. A second signal stops at once. On Kafka nothing
+needs draining: what the consumers have not read stays in Kafka.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from app.storage.migrate import MIGRATIONS_DIR, migrate
 from consumers.alerts.runner import alerts_runner, buzz_runner
 from consumers.base import ConsumerMetrics, KafkaTransport, Transport, run_all
 from consumers.cascades.runner import cascades_runner
+from consumers.notifier.runner import run_notifier
 from consumers.sink.runner import sink_runners
 
 log = logging.getLogger(__name__)
@@ -146,27 +147,33 @@ class Embedded:
             ),
         ]
         consumers = asyncio.create_task(run_all(runners, self.consumers_stop), name="consumers")
+        notifier = asyncio.create_task(
+            run_notifier(settings, self.consumers_stop, registry=api_metrics.registry),
+            name="notifier",
+        )
+        background = (consumers, notifier)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.request_stop)
         try:
             server = asyncio.create_task(self.server.serve(), name="api")
-            await asyncio.wait({server, consumers}, return_when=asyncio.FIRST_COMPLETED)
-            if consumers.done():  # a consumer failed: take the API down with it
+            await asyncio.wait({server, *background}, return_when=asyncio.FIRST_COMPLETED)
+            if any(task.done() for task in background):  # one failed: take the API down too
                 self.request_stop()
             await server
             if isinstance(bus, MemoryBus):
                 await self._drain(bus, [r.group_id for r in runners])
             self.consumers_stop.set()
-            await consumers
+            await asyncio.gather(*background)
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
             self.consumers_stop.set()
-            if not consumers.done():
-                consumers.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await consumers
+            for task in background:
+                if not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             await engine.dispose()
 
     async def _drain(self, bus: MemoryBus, groups: list[str]) -> None:

@@ -92,3 +92,65 @@ class ApiMetrics:
         if child is None:
             child = self._dlq[reason] = self.dlq_events.labels(reason)
         child.inc()
+
+
+class WebhookMetrics:
+    """The webhook notifier's part of the catalogue (``consumers/notifier``).
+
+    - ``viraltrace_webhook_attempts_total{outcome}``: delivery attempts by outcome:
+      delivered (2xx), gone (410), http_error (another status), timeout,
+      network_error, refused (the SSRF guard), invalid (cannot be signed or sent).
+    - ``viraltrace_webhook_delivery_seconds``: one attempt, from sending to the
+      first 500 characters of the answer, in seconds (histogram).
+    - ``viraltrace_webhook_deliveries_total{state}``: deliveries that reached
+      delivered, failed or dead.
+    - ``viraltrace_webhook_endpoints_disabled_total``: endpoints disabled because
+      the receiver answered 410 Gone.
+    - ``viraltrace_webhook_pending_deliveries``: deliveries waiting in the outbox,
+      as of the notifier's last count (gauge, deliveries).
+    """
+
+    OUTCOMES = (
+        "delivered",
+        "gone",
+        "http_error",
+        "timeout",
+        "network_error",
+        "refused",
+        "invalid",
+    )
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        from prometheus_client import REGISTRY
+
+        r = registry or REGISTRY
+        self.attempts = Counter(
+            "viraltrace_webhook_attempts_total",
+            "Webhook delivery attempts, by outcome.",
+            ["outcome"],
+            registry=r,
+        )
+        for outcome in self.OUTCOMES:  # every series exists from the start, at 0
+            self.attempts.labels(outcome)
+        self.delivery_seconds = Histogram(
+            "viraltrace_webhook_delivery_seconds",
+            "Duration of one webhook delivery attempt, in seconds.",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 30),
+            registry=r,
+        )
+        self.deliveries = Counter(
+            "viraltrace_webhook_deliveries_total",
+            "Webhook deliveries that reached a final state (delivered, failed, dead).",
+            ["state"],
+            registry=r,
+        )
+        self.endpoints_disabled = Counter(
+            "viraltrace_webhook_endpoints_disabled_total",
+            "Webhook endpoints disabled because their receiver answered 410 Gone.",
+            registry=r,
+        )
+        self.pending = Gauge(
+            "viraltrace_webhook_pending_deliveries",
+            "Webhook deliveries waiting in the outbox (pending), as last counted.",
+            registry=r,
+        )

@@ -13,7 +13,14 @@ import json
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # Secrets that ship as defaults so that `viraltrace up` works out of the box.
@@ -56,6 +63,15 @@ class SpoolSettings(BaseModel):
     segment_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     # How often the replayer probes a broker that was down.
     retry_interval_s: float = Field(1.0, gt=0, le=60)
+
+
+def _comma_list(value: object) -> object:
+    """A comma-separated environment value (or a JSON list) as a list of strings."""
+    if isinstance(value, str):
+        if value.lstrip().startswith("["):
+            return json.loads(value)
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
 
 
 class TrackingSettings(BaseModel):
@@ -102,11 +118,7 @@ class TrackingSettings(BaseModel):
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
-        if isinstance(value, str):
-            if value.lstrip().startswith("["):
-                return json.loads(value)
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
+        return _comma_list(value)
 
 
 class ClickHouseSettings(BaseModel):
@@ -250,6 +262,75 @@ class QuerySettings(BaseModel):
         return value
 
 
+class WebhookSettings(BaseModel):
+    """Alert webhooks: the outbox, the notifier that delivers it, and the SSRF guard
+    (docs/webhooks.md).
+
+    The environment spells the group ``VIRALTRACE_WEBHOOK_`` (as the docs do) or
+    ``VIRALTRACE_WEBHOOKS_``: ``VIRALTRACE_WEBHOOK_ALLOWED_HOSTS=127.0.0.1,10.1.0.0/16``.
+    """
+
+    # Hosts (exact names) or addresses/CIDRs that webhook URLs may reach even though
+    # they are not public (loopback, RFC 1918, ...). Comma-separated in the environment.
+    # Cloud metadata endpoints are refused whatever this says.
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # One entry per attempt: seconds from enqueue to attempt 1, then from each failed
+    # attempt to the next (at once, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h). After
+    # the last one fails the delivery is `failed`. Comma-separated in the environment.
+    retry_schedule_s: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: [0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0],
+        min_length=1,
+    )
+    # Each delay is scaled by a random factor in [1 - jitter, 1 + jitter].
+    jitter: float = Field(0.1, ge=0, le=1)
+    # Whole attempt (resolve, connect, send, first 500 characters of the answer).
+    timeout_s: float = Field(15.0, gt=0, le=300)
+    # Largest body enqueue accepts (the JSON sent, in bytes).
+    max_body_bytes: int = Field(20_000, ge=256, le=1_048_576)
+    # After a secret rotation the previous secret keeps signing (next to the new one)
+    # for this long.
+    rotation_grace_s: int = Field(86_400, ge=0)
+    # A receiver's Retry-After is honoured up to this many seconds.
+    max_retry_after_s: float = Field(86_400.0, ge=0)
+    # How often the notifier looks for due deliveries when it found none.
+    poll_interval_s: float = Field(1.0, gt=0, le=60)
+    # Attempts in flight at once per notifier process.
+    concurrency: int = Field(16, ge=1, le=1_000)
+    # A claimed delivery whose notifier died mid-attempt is attempted again after this.
+    lease_s: float = Field(60.0, gt=0)
+
+    @field_validator("allowed_hosts", "retry_schedule_s", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        return _comma_list(value)
+
+    @field_validator("retry_schedule_s")
+    @classmethod
+    def _nonnegative(cls, value: list[float]) -> list[float]:
+        if any(delay < 0 for delay in value):
+            raise ValueError("retry delays are seconds >= 0")
+        return value
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts_or_networks(cls, value: list[str]) -> list[str]:
+        from app.webhooks.ssrf import Allowlist
+
+        Allowlist.parse(value)  # raises ValueError naming the bad entry
+        return value
+
+    @model_validator(mode="after")
+    def _lease_outlives_an_attempt(self) -> WebhookSettings:
+        # A lease shorter than an attempt would let a second notifier send the same
+        # attempt while the first one is still waiting for the receiver.
+        if self.lease_s <= self.timeout_s:
+            raise ValueError(
+                f"webhooks.lease_s ({self.lease_s}) must be longer than "
+                f"webhooks.timeout_s ({self.timeout_s})"
+            )
+        return self
+
+
 class ServerSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65_535)
@@ -267,6 +348,9 @@ class Settings(BaseSettings):
         env_nested_max_split=1,
         env_file=".env",
         extra="ignore",
+        # ``webhooks`` is read from the environment under two spellings (aliases
+        # below); by name it is ``Settings(webhooks=...)`` as usual.
+        validate_by_name=True,
     )
 
     environment: Literal["development", "test", "production"] = "development"
@@ -281,6 +365,11 @@ class Settings(BaseSettings):
     alerts: AlertSettings = Field(default_factory=AlertSettings)
     query: QuerySettings = Field(default_factory=QuerySettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
+    # VIRALTRACE_WEBHOOK_* (the documented spelling) or VIRALTRACE_WEBHOOKS_*.
+    webhooks: WebhookSettings = Field(
+        default_factory=WebhookSettings,
+        validation_alias=AliasChoices("viraltrace_webhooks", "viraltrace_webhook"),
+    )
 
     @model_validator(mode="after")
     def _check_keys(self) -> Settings:

@@ -21,6 +21,7 @@ from app.ratelimit import TokenBuckets
 from app.settings import Settings
 from app.storage.clickhouse import ClickHouse
 from app.tokens import TokenSigner
+from app.webhooks.ssrf import Guard, Resolver
 
 if TYPE_CHECKING:
     from app.ingest import PixelIngest
@@ -50,6 +51,8 @@ class AppState:
     write_key_campaigns: frozenset[str] = frozenset()
     # sha256(key) -> principal (None: not a valid key); cleared on every refresh.
     key_cache: dict[str, Principal | None] = field(default_factory=dict)
+    # DNS for the webhook URL check (None: the system's); tests put a fake here.
+    webhook_resolver: Resolver | None = None
     started_at: float = field(default_factory=time.time)
 
     @property
@@ -65,6 +68,10 @@ class AppState:
         if self.db is None:
             raise RuntimeError("the control-plane database is not open")
         return self.db
+
+    def webhook_guard(self) -> Guard:
+        """The SSRF guard that checks webhook URLs as admins save them."""
+        return Guard.from_hosts(self.settings.webhooks.allowed_hosts, self.webhook_resolver)
 
     def require_pixels(self) -> PixelIngest:
         if self.pixels is None:

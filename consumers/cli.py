@@ -11,7 +11,9 @@ from app.logs import configure_logging
 from app.settings import Settings
 from consumers.base import install_signal_handlers
 
-consume_app = typer.Typer(help="Run the Kafka consumers.", no_args_is_help=True)
+consume_app = typer.Typer(
+    help="Run the Kafka consumers and the webhook notifier.", no_args_is_help=True
+)
 
 
 @consume_app.callback()
@@ -65,3 +67,11 @@ def alerts() -> None:
     from consumers.alerts.runner import run_alerts
 
     _run_until_signal(lambda settings, stop: run_alerts(settings, stop, buzz=False))
+
+
+@consume_app.command()
+def notifier() -> None:
+    """Deliver alert webhooks from the outbox (control-plane database), with retries."""
+    from consumers.notifier.runner import run_notifier
+
+    _run_until_signal(run_notifier)

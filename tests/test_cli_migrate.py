@@ -24,9 +24,11 @@ def test_migrate_applies_once_then_reports_up_to_date(
     lines = first.output.strip().splitlines()
     assert lines[0] == (
         "ClickHouse applied: 0001_events, 0002_events_dlq, 0003_rollups, 0004_cascades, "
-        "0005_events_net"
+        "0005_events_net, 0006_buzz_alerts"
     )
-    assert lines[1] == f"database sqlite+aiosqlite:///{tmp_path / 'control.db'} applied: 0001, 0002"
+    assert lines[1] == (
+        f"database sqlite+aiosqlite:///{tmp_path / 'control.db'} applied: 0001, 0002, 0003, 0004"
+    )
     second = runner.invoke(cli, ["migrate"])
     assert second.exit_code == 0, second.output
     assert second.output.strip().splitlines() == [

@@ -20,7 +20,7 @@ async def test_a_fresh_database_upgrades_to_head_and_matches_the_models(
     database_url: str,
 ) -> None:
     applied = await migrate.upgrade(database_url)
-    assert applied == ["0001", "0002"]
+    assert applied == ["0001", "0002", "0003", "0004"]
     assert await migrate.current(database_url) == migrate.head()
     assert await migrate.upgrade(database_url) == []  # a second run does nothing
 
@@ -40,8 +40,8 @@ async def test_a_fresh_database_upgrades_to_head_and_matches_the_models(
 async def test_downgrade_one_step_and_upgrade_again(database_url: str) -> None:
     await migrate.upgrade(database_url)
     await migrate.downgrade(database_url, "-1")
-    assert await migrate.current(database_url) == "0001"
-    assert await migrate.upgrade(database_url) == ["0002"]
+    assert await migrate.current(database_url) == "0003"
+    assert await migrate.upgrade(database_url) == ["0004"]
     assert await migrate.current(database_url) == migrate.head()
 
 
@@ -117,7 +117,7 @@ async def test_0002_marks_keys_without_campaigns_as_all_campaigns(database_url: 
             await connection.execute(
                 text("INSERT INTO api_key_campaigns (api_key_id, campaign_id) VALUES (2, 1)")
             )
-        assert await migrate.upgrade(database_url) == ["0002"]
+        assert await migrate.upgrade(database_url, "0002") == ["0002"]
         async with engine.connect() as connection:
             rows = await connection.execute(
                 text("SELECT id, all_campaigns FROM api_keys ORDER BY id")

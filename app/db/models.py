@@ -50,6 +50,12 @@ SPREAD_ALERT_KINDS = (
     "spread.structural_virality",
 )
 ALERT_KINDS = BUZZ_ALERT_KINDS + SPREAD_ALERT_KINDS
+# pending: waits for its next attempt (``next_attempt_at``), or is being attempted
+#   (then ``next_attempt_at`` is the claim's lease expiry); a disabled endpoint's
+#   pending deliveries wait until it is enabled again.
+# delivered: the receiver answered 2xx. failed: every scheduled attempt failed.
+# dead: can never be sent as stored (e.g. its endpoint's secret cannot sign).
+# failed, delivered and dead deliveries go back to pending only by a redeliver.
 DELIVERY_STATES = ("pending", "delivered", "failed", "dead")
 
 
@@ -161,7 +167,8 @@ class ApiKey(Base):
 
 
 class WebhookEndpoint(Timestamped, Base):
-    """Where alerts are delivered, signed per Standard Webhooks with ``secret``."""
+    """Where alerts are delivered, signed per Standard Webhooks with ``secret`` (and
+    with ``previous_secret`` too until ``previous_secret_expires_at``, after a rotation)."""
 
     __tablename__ = "webhook_endpoints"
 
@@ -175,6 +182,8 @@ class WebhookEndpoint(Timestamped, Base):
     event_types: Mapped[list[str]] = mapped_column(default=list)  # empty: all
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     disabled_reason: Mapped[str | None] = mapped_column(String(500), default=None)
+    previous_secret: Mapped[str | None] = mapped_column(String(100), default=None)
+    previous_secret_expires_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class AlertRule(Timestamped, Base):
@@ -200,7 +209,10 @@ class AlertRule(Timestamped, Base):
 
 
 class WebhookDelivery(Base):
-    """The outbox: one row per message per endpoint, retried until delivered or dead."""
+    """The outbox: one row per message per endpoint, retried until delivered or failed
+    (states: ``DELIVERY_STATES``). ``attempts`` counts attempts started since the
+    last (re)delivery; a notifier owns an attempt only while ``attempts`` is what it
+    claimed, which fences out a notifier whose lease ran out."""
 
     __tablename__ = "webhook_deliveries"
     __table_args__ = (Index("ix_webhook_deliveries_due", "state", "next_attempt_at"),)
@@ -220,3 +232,25 @@ class WebhookDelivery(Base):
     last_error: Mapped[str | None] = mapped_column(String(1000), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=func.now())
     delivered_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class WebhookAttempt(Base):
+    """The delivery log: one row per attempt, written when the attempt starts and
+    completed with its outcome. A row left without status, error or latency belongs
+    to a notifier that died mid-attempt (marked ``interrupted`` when it is retried)."""
+
+    __tablename__ = "webhook_attempts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    delivery_id: Mapped[int] = mapped_column(
+        ForeignKey("webhook_deliveries.id", ondelete="CASCADE"), index=True
+    )
+    endpoint_id: Mapped[int] = mapped_column(
+        ForeignKey("webhook_endpoints.id", ondelete="CASCADE"), index=True
+    )
+    attempt: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column()
+    status_code: Mapped[int | None] = mapped_column(Integer, default=None)
+    error: Mapped[str | None] = mapped_column(String(1000), default=None)
+    latency_ms: Mapped[int | None] = mapped_column(Integer, default=None)
+    response_excerpt: Mapped[str | None] = mapped_column(String(500), default=None)

@@ -1,7 +1,7 @@
 """The admin API, ``/v1/admin/...``: campaigns, tracked links, API keys, webhook
-endpoints and alert rules. Every route needs an ``admin`` key; a key bound to
-campaigns manages only those campaigns' resources (and cannot mint keys for
-other campaigns or unbound keys).
+endpoints (with their deliveries) and alert rules. Every route needs an
+``admin`` key; a key bound to campaigns manages only those campaigns' resources
+(and cannot mint keys for other campaigns or unbound keys).
 
 Errors follow ``app.errors``: 401 no or bad key, 403 not allowed, 404 unknown
 id, 409 a uniqueness conflict, 422 bad input (with the field).
@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from fastapi import APIRouter, Depends, Header, Path, Response
+import orjson
+from fastapi import APIRouter, Depends, Header, Path, Query, Response
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -21,13 +22,24 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
 from app.db.keys import KeyRequestError, Principal, authenticate, create_key
-from app.db.models import ALERT_KINDS, SCOPES, AlertRule, ApiKey, Campaign, TrackedLink
+from app.db.models import (
+    ALERT_KINDS,
+    SCOPES,
+    AlertRule,
+    ApiKey,
+    Campaign,
+    TrackedLink,
+    WebhookAttempt,
+    WebhookDelivery,
+)
 from app.db.models import WebhookEndpoint as Webhook
 from app.db.rows import new_link, new_webhook
 from app.errors import ApiError, bearer_token, missing_key
 from app.events import CAMPAIGN_PATTERN
 from app.links import SLUG_RE, LinkConfigError, allowed_hosts_for, check_destination
-from app.state import StateDep
+from app.state import AppState, StateDep
+from app.webhooks.outbox import NotRedeliverable, redeliver, rotate_secret
+from app.webhooks.ssrf import UnsafeUrl
 
 OutT = TypeVar("OutT", bound=BaseModel)
 
@@ -409,12 +421,23 @@ class WebhookOut(BaseModel):
     event_types: list[str]
     enabled: bool
     disabled_reason: str | None
+    # Set after a secret rotation: until then the previous secret signs too.
+    previous_secret_expires_at: datetime | None
     created_at: datetime
     updated_at: datetime
 
 
 class NewWebhookOut(WebhookOut):
     secret: str = Field(description="whsec_… signing secret, shown once")
+
+
+async def _safe_url(state: AppState, url: str) -> str:
+    """``url`` if the SSRF guard lets webhooks call it, else 422 on ``url``."""
+    try:
+        await state.webhook_guard().check_url(url)
+    except UnsafeUrl as exc:
+        raise ApiError(422, "unsafe_url", exc.reason, "url") from exc
+    return url
 
 
 async def _owned(session: AsyncSession, admin: Principal, model: Any, row_id: int) -> Any:
@@ -430,9 +453,12 @@ async def _owned(session: AsyncSession, admin: Principal, model: Any, row_id: in
 
 
 @router.post("/webhooks", status_code=201)
-async def create_webhook(body: WebhookIn, session: Session, admin: Admin) -> NewWebhookOut:
+async def create_webhook(
+    body: WebhookIn, session: Session, admin: Admin, state: StateDep
+) -> NewWebhookOut:
     campaign = await _campaign(session, admin, body.campaign)
-    row = new_webhook(campaign, str(body.url), body.event_types, enabled=body.enabled is not False)
+    url = await _safe_url(state, str(body.url))
+    row = new_webhook(campaign, url, body.event_types, enabled=body.enabled is not False)
     session.add(row)
     await session.commit()
     return _out(NewWebhookOut, row, campaign=campaign.slug)
@@ -452,11 +478,12 @@ async def get_webhook(webhook_id: int, session: Session, admin: Admin) -> Webhoo
 
 @router.patch("/webhooks/{webhook_id}")
 async def update_webhook(
-    webhook_id: int, body: WebhookPatch, session: Session, admin: Admin
+    webhook_id: int, body: WebhookPatch, session: Session, admin: Admin, state: StateDep
 ) -> WebhookOut:
+    """Enabling an endpoint clears ``disabled_reason``; its pending deliveries resume."""
     row, slug = await _owned(session, admin, Webhook, webhook_id)
     if body.url is not None:
-        row.url = str(body.url)
+        row.url = await _safe_url(state, str(body.url))
     if body.event_types is not None:
         row.event_types = body.event_types
     if body.enabled is not None:
@@ -472,6 +499,138 @@ async def update_webhook(
 async def delete_webhook(webhook_id: int, session: Session, admin: Admin) -> Response:
     row, _ = await _owned(session, admin, Webhook, webhook_id)
     return await _deleted(session, row)
+
+
+class RotatedWebhookOut(WebhookOut):
+    secret: str = Field(description="the new whsec_… signing secret, shown once")
+
+
+@router.post("/webhooks/{webhook_id}/rotate-secret")
+async def rotate_webhook_secret(
+    webhook_id: int, session: Session, admin: Admin, state: StateDep
+) -> RotatedWebhookOut:
+    """A new signing secret, shown once. The previous one keeps signing next to it
+    until ``previous_secret_expires_at`` (``webhooks.rotation_grace_s`` from now)."""
+    row, slug = await _owned(session, admin, Webhook, webhook_id)
+    secret = rotate_secret(row, datetime.now(UTC), state.settings.webhooks.rotation_grace_s)
+    await session.commit()
+    await session.refresh(row)
+    return _out(RotatedWebhookOut, row, campaign=slug, secret=secret)
+
+
+# ---- webhook deliveries (the outbox) -------------------------------------------------
+
+DeliveryState = Literal["pending", "delivered", "failed", "dead"]
+
+
+class DeliveryOut(BaseModel):
+    id: int
+    endpoint_id: int
+    message_id: str = Field(description="the webhook-id header: the same on every attempt")
+    event_type: str
+    state: DeliveryState
+    attempts: int = Field(description="attempts since the delivery was (re)enqueued")
+    next_attempt_at: datetime | None = Field(description="when pending: the next attempt")
+    last_status: int | None
+    last_error: str | None
+    created_at: datetime
+    delivered_at: datetime | None
+
+
+class DeliveryPage(BaseModel):
+    items: list[DeliveryOut]
+    next_before: int | None = Field(description="pass as ?before= for the next (older) page")
+
+
+class AttemptOut(BaseModel):
+    attempt: int
+    started_at: datetime
+    status_code: int | None
+    latency_ms: int | None
+    error: str | None
+    response_excerpt: str | None
+
+
+class DeliveryDetailOut(DeliveryOut):
+    payload: dict[str, Any] = Field(description="the JSON body sent")
+    attempt_log: list[AttemptOut]
+
+
+def _delivery_out(row: WebhookDelivery) -> DeliveryOut:
+    next_at = row.next_attempt_at if row.state == "pending" else None
+    return _out(DeliveryOut, row, next_attempt_at=next_at)
+
+
+async def _delivery(session: AsyncSession, admin: Principal, delivery_id: int) -> WebhookDelivery:
+    found = (
+        await session.execute(
+            select(WebhookDelivery, Campaign.slug)
+            .join(Webhook, WebhookDelivery.endpoint_id == Webhook.id)
+            .join(Campaign, Webhook.campaign_id == Campaign.id)
+            .where(WebhookDelivery.id == delivery_id)
+        )
+    ).first()
+    if found is None or not admin.can("admin", found[1]):
+        raise _not_found("webhook delivery")
+    row: WebhookDelivery = found[0]
+    return row
+
+
+@router.get("/webhooks/{webhook_id}/deliveries")
+async def list_webhook_deliveries(
+    webhook_id: int,
+    session: Session,
+    admin: Admin,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    before: Annotated[int | None, Query(ge=1, description="a delivery id: older ones")] = None,
+    state: DeliveryState | None = None,
+) -> DeliveryPage:
+    """The endpoint's deliveries, newest first, ``limit`` per page."""
+    await _owned(session, admin, Webhook, webhook_id)
+    query = select(WebhookDelivery).where(WebhookDelivery.endpoint_id == webhook_id)
+    if before is not None:
+        query = query.where(WebhookDelivery.id < before)
+    if state is not None:
+        query = query.where(WebhookDelivery.state == state)
+    rows = (await session.scalars(query.order_by(WebhookDelivery.id.desc()).limit(limit + 1))).all()
+    page = rows[:limit]
+    return DeliveryPage(
+        items=[_delivery_out(r) for r in page],
+        next_before=page[-1].id if len(rows) > limit else None,
+    )
+
+
+@router.get("/webhook-deliveries/{delivery_id}")
+async def get_webhook_delivery(
+    delivery_id: int, session: Session, admin: Admin
+) -> DeliveryDetailOut:
+    """One delivery with its body and every attempt (status, latency, error)."""
+    row = await _delivery(session, admin, delivery_id)
+    attempts = await session.scalars(
+        select(WebhookAttempt)
+        .where(WebhookAttempt.delivery_id == row.id)
+        .order_by(WebhookAttempt.id)
+    )
+    return DeliveryDetailOut(
+        **_delivery_out(row).model_dump(),
+        payload=orjson.loads(row.payload),
+        attempt_log=[_out(AttemptOut, a) for a in attempts],
+    )
+
+
+@router.post("/webhook-deliveries/{delivery_id}/redeliver")
+async def redeliver_webhook_delivery(
+    delivery_id: int, session: Session, admin: Admin
+) -> DeliveryOut:
+    """A delivered, failed or dead delivery goes back to pending, due now, with its
+    attempt schedule restarted and the same webhook-id. 409 if it is still pending."""
+    row = await _delivery(session, admin, delivery_id)
+    try:
+        redeliver(row, datetime.now(UTC))
+    except NotRedeliverable as exc:
+        raise ApiError(409, "not_redeliverable", exc.reason, "state") from exc
+    await session.commit()
+    return _delivery_out(row)
 
 
 # ---- alert rules ----------------------------------------------------------------------

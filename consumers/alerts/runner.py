@@ -15,14 +15,14 @@ import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
-from app.sentiment import default_scorer
-from app.webhooks.outbox import enqueue
 from prometheus_client import REGISTRY, CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db.session import create_engine, database_url, sessionmaker
-from app.settings import Settings
+from app.sentiment import default_scorer
+from app.settings import Settings, WebhookSettings
 from app.storage.clickhouse import ClickHouse
+from app.webhooks.outbox import enqueue
 from consumers.alerts.detect import Transition
 from consumers.alerts.pipeline import AlertsPipeline, Notify
 from consumers.base import (
@@ -36,7 +36,9 @@ from consumers.base import (
 from consumers.buzz.pipeline import BuzzPipeline
 
 
-def outbox_notifier(sessions: async_sessionmaker[AsyncSession]) -> Notify:
+def outbox_notifier(
+    sessions: async_sessionmaker[AsyncSession], webhooks: WebhookSettings
+) -> Notify:
     """Alert transitions -> webhook deliveries, in one transaction; idempotent per transition."""
 
     async def notify(batch: list[tuple[Transition, dict[str, Any]]]) -> None:
@@ -50,6 +52,7 @@ def outbox_notifier(sessions: async_sessionmaker[AsyncSession]) -> Notify:
                     event_id=f"{transition.id}:{transition.state}",
                     data=data,
                     timestamp=datetime.fromtimestamp(at / 1000, UTC),
+                    webhooks=webhooks,
                 )
             await session.commit()
 
@@ -94,7 +97,7 @@ def alerts_runner(
     """The alerts runner (not started)."""
     pipeline = AlertsPipeline(
         settings.alerts, clickhouse, sessions=sessions,
-        notify=outbox_notifier(sessions) if sessions is not None else None,
+        notify=outbox_notifier(sessions, settings.webhooks) if sessions is not None else None,
         public_base_url=settings.tracking.public_base_url,
     )  # fmt: skip
     return ConsumerRunner(

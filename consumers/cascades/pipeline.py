@@ -404,10 +404,10 @@ class CascadesPipeline:
             campaigns.add(cascade.campaign)
         self.dirty.clear()
         for root in self._idle():
-            state = self.signal_state.get(root)
-            if state is not None and _any_open(state):
+            open_state = self.signal_state.get(root)
+            if open_state is not None and _any_open(open_state):
                 cascade = self.cascades[root]
-                for signal in idle_signals(cascade.stats(), state):
+                for signal in idle_signals(cascade.stats(), open_state):
                     flush.signals.append((cascade.campaign.encode(), _signal_bytes(signal, now)))
         for campaign in sorted(campaigns):
             windows = self.windows.get(campaign)
