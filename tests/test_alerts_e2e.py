@@ -1,5 +1,7 @@
 """Alerts end to end: the API -> a real broker -> the cascades, buzz and alerts
-consumers -> ClickHouse (chdb) and the webhook outbox in real PostgreSQL.
+consumers -> ClickHouse (chdb) and the webhook outbox in real PostgreSQL -> the
+notifier -> a real HTTP receiver that verifies every delivery with the
+``standardwebhooks`` library.
 
 Simulated time: events carry their own ``ts`` (half an hour ago onwards), so
 40 minutes of campaign happen in seconds, and "within 60 s" is event time.
@@ -17,12 +19,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from sqlalchemy import select
+from prometheus_client import CollectorRegistry
 
 from app.db import migrate as alembic
-from app.db.models import Campaign, WebhookDelivery
+from app.db.models import Campaign
 from app.db.session import create_engine, sessionmaker
 from app.settings import Settings
 from app.storage.alerts import read_alerts
@@ -31,9 +34,11 @@ from consumers.alerts.detect import MINUTE_MS
 from consumers.alerts.runner import alerts_runner, buzz_runner
 from consumers.base import ConsumerMetrics, KafkaTransport, run_all
 from consumers.cascades.runner import cascades_runner
+from consumers.notifier.runner import run_notifier
 from tests.apphelpers import running_app
 from tests.conftest import make_settings
 from tests.test_sink import PARTITIONS, wait_for
+from tests.webhookhelpers import Receiver, add_endpoint
 
 pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse, pytest.mark.postgres]
 
@@ -60,6 +65,7 @@ def e2e_settings(
         consumer={"group_prefix": f"test-{unique}", "retry_initial_s": 0.05, "retry_max_s": 0.2},
         database={"url": db},
         alerts={"flush_interval_s": 0.3, "warmup_min": 10, "rules_refresh_s": 0.5},
+        webhooks={"allowed_hosts": ["127.0.0.1"], "poll_interval_s": 0.05, "jitter": 0.0},
         cascades={"snapshot_interval_s": 0.3, "k_window_min": 3, "viral_sustain_min": 2,
                   "viral_min_sharers": 10},
     )  # fmt: skip
@@ -136,16 +142,24 @@ async def test_spikes_in_every_language_and_k_above_one_raise_alerts_and_a_flat_
         session.add(Campaign(slug="flat", name="control", languages=["en"]))
         session.add(Campaign(slug="viral", name="viral", languages=["en"]))
         await session.commit()
+    receiver = Receiver().start()
+    for campaign in [f"buzz-{lang}" for lang in LANGUAGES] + ["flat", "viral"]:
+        path = f"/{campaign}"
+        endpoint = await add_endpoint(sessions, receiver.url(path), campaign=campaign)
+        receiver.secrets[path] = [endpoint.secret]
 
     stop = asyncio.Event()
     transport = KafkaTransport.from_settings(settings)
-    metrics = ConsumerMetrics(__import__("prometheus_client").CollectorRegistry())
+    metrics = ConsumerMetrics(CollectorRegistry())
     runners = [
         cascades_runner(settings, migrated, stop, metrics, transport),
         buzz_runner(settings, sessions, stop, metrics, transport),
         alerts_runner(settings, migrated, sessions, stop, metrics, transport),
     ]
     consumers = asyncio.create_task(run_all(runners, stop))
+    delivering = asyncio.create_task(
+        run_notifier(settings, stop, session_factory=sessions, registry=CollectorRegistry())
+    )
     start = (int(time.time() * 1000) - 45 * MINUTE_MS) // MINUTE_MS * MINUTE_MS
     spike_start = start + BASELINE_MIN * MINUTE_MS
     try:
@@ -174,10 +188,20 @@ async def test_spikes_in_every_language_and_k_above_one_raise_alerts_and_a_flat_
             ) and any(k == "spread.viral" for k, _ in found["viral"])
             return done, found
 
-        found = await wait_for(raised, 90, "alerts in ClickHouse")
+        await wait_for(raised, 90, "alerts in ClickHouse")
+        _, found = await raised()
+
+        async def delivered() -> tuple[bool, Any]:
+            paths = {r.path for r in receiver.snapshot() if r.status == 200}
+            wanted = {f"/buzz-{lang}" for lang in LANGUAGES} | {"/viral"}
+            return wanted <= paths, sorted(paths)
+
+        await wait_for(delivered, 30, "the alerts' webhooks at the receiver")
     finally:
         stop.set()
         await consumers
+        await delivering
+        receiver.stop()
     for lang in LANGUAGES:
         opened = [at for kind, at in found[f"buzz-{lang}"] if kind == "buzz.negative_spike"]
         assert len(opened) == 1, (lang, found[f"buzz-{lang}"])
@@ -191,7 +215,16 @@ async def test_spikes_in_every_language_and_k_above_one_raise_alerts_and_a_flat_
         assert explanation["top_branches"][0]["negative"] > 0
     assert await read_alerts(migrated, "flat") == [], "a flat series raises nothing"
 
-    async with sessions() as session:
-        deliveries = (await session.execute(select(WebhookDelivery))).scalars().all()
     await engine.dispose()
-    assert deliveries == [], "no endpoints configured: nothing queued"
+    receipts = receiver.snapshot()
+    assert receipts and all(r.verified for r in receipts), "every delivery verifies"
+    assert not receiver.duplicates, "one successful delivery per webhook-id"
+    assert not [r for r in receipts if r.path == "/flat"], "nothing for the flat series"
+    by_path = {r.path: orjson.loads(r.body) for r in receipts if r.path != "/viral"}
+    for lang in LANGUAGES:
+        body = by_path[f"/buzz-{lang}"]
+        assert body["type"] == "buzz.negative_spike"
+        assert body["data"]["state"] == "open" and body["data"]["campaign"] == f"buzz-{lang}"
+        assert body["data"]["explanation"]["samples"]
+    viral = [orjson.loads(r.body) for r in receipts if r.path == "/viral"]
+    assert "spread.viral" in {body["type"] for body in viral}

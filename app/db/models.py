@@ -202,7 +202,8 @@ class AlertRule(Timestamped, Base):
     )
     kind: Mapped[str] = mapped_column(String(32))
     thresholds: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    window_s: Mapped[int] = mapped_column(Integer, default=300)
+    # Defaults as AlertSettings: a rule row always carries all its values.
+    window_s: Mapped[int] = mapped_column(Integer, default=120)
     min_volume: Mapped[int] = mapped_column(Integer, default=20)
     cooldown_s: Mapped[int] = mapped_column(Integer, default=1800)
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)

@@ -48,6 +48,9 @@ Label = Literal["negative", "neutral", "positive"]
 MIN_BASELINE_SHARE = 0.02
 # Baselines learn from a closed minute at most this many deviations from them.
 CLIP_Z = 3.0
+# buzz.negative_velocity opens only when negative shares outpace positive ones
+# by this many standard deviations (a one-sided binomial z).
+VELOCITY_Z = 3.0
 # Longer quiet gaps than this restart the baselines instead of decaying them minute by minute.
 MAX_GAP_MIN = 7 * 24 * 60
 
@@ -110,10 +113,12 @@ class Minute:
 class Ewma:
     """Exponentially weighted mean and variance (Finch 2009, incremental form)."""
 
-    __slots__ = ("alpha", "mean", "var", "n")
+    __slots__ = ("alpha", "mean", "var", "n", "memory")
 
     def __init__(self, halflife: float) -> None:
         self.alpha = 1.0 - 0.5 ** (1.0 / halflife)
+        # How many observations the mean effectively averages, once warmed up.
+        self.memory = (2.0 - self.alpha) / self.alpha
         self.mean = 0.0
         self.var = 0.0
         self.n = 0
@@ -171,6 +176,7 @@ class Measure(NamedTuple):
     baseline: float
     z: float  # the value compared with the rule (a z-score or a ratio)
     volume: int
+    evidence: bool = True  # False: the value is not beyond chance (may not open)
 
 
 class CampaignBuzz:
@@ -300,13 +306,30 @@ class CampaignBuzz:
             return None
         return self.negative.mean / self.volume.mean
 
-    def window(self, last: int, length: int) -> Minute:
+    def window(self, last: int, length: int, partial: float | None = None) -> tuple[Minute, float]:
+        """Counts of the ``length`` minutes ending with minute ``last``, and their span in minutes.
+
+        With ``partial`` (the elapsed fraction of the open minute ``last``) the
+        window slides: the oldest minute counts for the part of it still inside
+        (its counts prorated), so a window is always ``length`` minutes long
+        and a spike is not diluted by the clock position.
+        """
         total = Minute()
         for index in range(last - length + 1, last + 1):
             minute = self.minutes.get(index)
             if minute is not None:
                 total.merge(minute)
-        return total
+        if partial is None:
+            return total, float(length)
+        oldest = self.minutes.get(last - length)
+        if oldest is not None:
+            share = 1.0 - partial
+            total.volume += round(oldest.volume * share)
+            total.negative += round(oldest.negative * share)
+            total.positive += round(oldest.positive * share)
+            total.negative_shares += round(oldest.negative_shares * share)
+            total.positive_shares += round(oldest.positive_shares * share)
+        return total, float(length)
 
     def measure(self, kind: str, rule: Rule, last: int, partial: float | None) -> Measure | None:
         """The kind's value over the ``rule.window_min`` minutes ending with minute ``last``.
@@ -314,12 +337,19 @@ class CampaignBuzz:
         ``partial`` is the elapsed fraction of minute ``last`` when it is still
         open (None: complete). None when there is no baseline yet.
         """
-        counts = self.window(last, rule.window_min)
-        span = rule.window_min - 1 + (1.0 if partial is None else partial)
+        counts, span = self.window(last, rule.window_min, partial)
         if kind == "buzz.negative_velocity":
-            ratio = (counts.negative_shares + 1) / (counts.positive_shares + 1)
+            negative, positive = counts.negative_shares, counts.positive_shares
+            ratio = (negative + 1) / (positive + 1)
             base = (self.negative_shares.mean * span + 1) / (self.positive_shares.mean * span + 1)
-            return Measure(ratio, base, ratio, counts.negative_shares)
+            # Evidence that negative shares outpace positive ones beyond chance: a
+            # one-sided binomial z of the negative fraction of polar shares against
+            # an even split (or the campaign's usual split, if more negative).
+            polar = negative + positive
+            usual = base / (1 + base)
+            even = max(0.5, usual)
+            z = (negative / polar - even) / math.sqrt(even * (1 - even) / polar) if polar else 0.0
+            return Measure(ratio, base, ratio, negative, z >= VELOCITY_Z)
         if self.warm < self.warmup_min:
             return None
         if kind == "buzz.volume_spike":
@@ -332,7 +362,14 @@ class CampaignBuzz:
             return None
         share = counts.negative / counts.volume
         floor = max(share0, MIN_BASELINE_SHARE)
-        variance = floor * (1 - floor) / counts.volume + max(self.excess.mean, 0.0)
+        # The window's sampling noise, the baseline's own uncertainty (it is an
+        # estimate from finitely many items), and between-minute variation,
+        # which averages out over the window's minutes.
+        baseline_items = max(1.0, self.volume.mean * min(self.volume.n, self.volume.memory))
+        variance = (
+            floor * (1 - floor) * (1 / counts.volume + 1 / baseline_items)
+            + max(self.excess.mean, 0.0) / span
+        )
         return Measure(share, share0, (share - share0) / math.sqrt(variance), counts.volume)
 
     def _check_open(self, rules: dict[str, Rule], out: list[Transition]) -> None:
@@ -348,7 +385,12 @@ class CampaignBuzz:
             if state.open is not None or now < state.quiet_until:
                 continue
             measure = self.measure(kind, rule, last, partial)
-            if measure is None or measure.volume < rule.min_volume or measure.z < rule.open:
+            if (
+                measure is None
+                or measure.volume < rule.min_volume
+                or measure.z < rule.open
+                or not measure.evidence
+            ):
                 continue
             state.open = OpenAlert(alert_id(kind, self.campaign, now), now, measure.value,
                                    measure.baseline, rule.open)  # fmt: skip
