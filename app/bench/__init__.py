@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import typer
 
+from app.bench.alerts import alerts as _alerts
 from app.bench.cascades import cascades as _cascades
 from app.bench.forecast import forecast as _forecast
 from app.bench.ingest import ingest as _ingest
@@ -24,5 +25,6 @@ bench.command("latency")(_latency)
 bench.command("forecast")(_forecast)
 bench.command("cascades")(_cascades)
 bench.command("sentiment")(_sentiment)
+bench.command("alerts")(_alerts)
 
 __all__ = ["bench"]
