@@ -5,6 +5,7 @@ restart with a replay; late items; failing writes retried with the same content.
 from __future__ import annotations
 
 import uuid
+from urllib.parse import quote
 from datetime import UTC, datetime
 from typing import Any
 
@@ -35,8 +36,9 @@ def message(item: BuzzItem, sample: str = "") -> dict[str, Any]:
 
 def records(items: list[BuzzItem], first_offset: int = 0) -> list[MemoryRecord]:
     return [
-        MemoryRecord("signals", 0, first_offset + i, 0, it.campaign.encode(),
-                     orjson.dumps(message(it)))  # fmt: skip
+        MemoryRecord(
+            "signals", 0, first_offset + i, 0, it.campaign.encode(), orjson.dumps(message(it))
+        )  # fmt: skip
         for i, it in enumerate(items)
     ]
 
@@ -203,3 +205,50 @@ def test_poison_messages_are_refused_with_a_reason(migrated: ClickHouse) -> None
     with pytest.raises(InvalidMessage):
         p.process(MemoryRecord("signals", 0, 0, 0, b"spring", b"{not json"))
     assert uuid.UUID(good["event_id"])
+
+
+async def test_the_query_api_lists_alerts_and_buzz(migrated: ClickHouse, tmp_path: Any) -> None:
+    from tests.apphelpers import running_app
+    from tests.conftest import make_settings
+
+    p = pipeline(migrated, Outbox())
+    baseline, spike, spike_start = spike_run()
+    await feed(p, records(baseline + spike), "t1")
+    key = "test-read-key-0123456789"
+    settings = make_settings(
+        tmp_path, query={"read_keys": key}, tracking={"public_base_url": "https://vt.example"}
+    )
+    auth = {"authorization": f"Bearer {key}"}
+    async with running_app(settings, clickhouse=migrated) as (_, client):
+        assert (await client.get("/v1/campaigns/spring/alerts")).status_code == 401
+        listed = (await client.get("/v1/campaigns/spring/alerts?state=open", headers=auth)).json()
+        spike_alert = next(a for a in listed if a["kind"] == "buzz.negative_spike")
+        assert spike_alert["state"] == "open" and spike_alert["resolved_at"] is None
+        assert spike_alert["explanation"]["samples"]
+        one = await client.get(spike_alert["links"]["alert"].removeprefix("https://vt.example"),
+                               headers=auth)  # fmt: skip
+        assert one.status_code == 200 and one.json()["id"] == spike_alert["id"]
+        assert (await client.get("/v1/campaigns/spring/alerts?state=resolved",
+                                 headers=auth)).json() == []  # fmt: skip
+        missing = await client.get("/v1/campaigns/spring/alerts/nope", headers=auth)
+        assert missing.status_code == 404 and missing.json()["error"]["field"] == "alert_id"
+        bad_state = await client.get("/v1/campaigns/spring/alerts?state=maybe", headers=auth)
+        assert bad_state.status_code == 422
+
+        buzz_url = spike_alert["links"]["buzz"].removeprefix("https://vt.example")
+        buzz = await client.get(buzz_url, headers=auth)
+        assert buzz.status_code == 200, buzz.text
+        minutes = buzz.json()["minutes"]
+        assert minutes and sum(m["negative"] for m in minutes) > 0
+        assert minutes[-1]["minute"].endswith("Z")
+        start = quote(datetime.fromtimestamp(spike_start / 1000, UTC).isoformat())
+        for query, reason in [
+            (f"from={start}&to={start}", "bad_range"),
+            ("from=2026-01-01T00:00:00Z&to=2026-03-01T00:00:00Z", "range_too_large"),
+            ("from=2026-01-01T00:00:00", "bad_time"),
+        ]:
+            bad = await client.get(f"/v1/campaigns/spring/buzz?{query}", headers=auth)
+            assert bad.status_code == 400, query
+            assert bad.json()["error"]["reason"] == reason
+        branch = await client.get("/v1/campaigns/spring/buzz?branch=zz", headers=auth)
+        assert branch.status_code == 422
