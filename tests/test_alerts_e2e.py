@@ -21,7 +21,6 @@ from typing import Any
 
 import orjson
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from prometheus_client import CollectorRegistry
 
 from app.db import migrate as alembic
@@ -37,7 +36,8 @@ from consumers.cascades.runner import cascades_runner
 from consumers.notifier.runner import run_notifier
 from tests.apphelpers import running_app
 from tests.conftest import make_settings
-from tests.test_sink import PARTITIONS, wait_for
+from tests.test_cascades import create_topics
+from tests.test_sink import wait_for
 from tests.webhookhelpers import Receiver, add_endpoint
 
 pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse, pytest.mark.postgres]
@@ -69,18 +69,6 @@ def e2e_settings(
         cascades={"snapshot_interval_s": 0.3, "k_window_min": 3, "viral_sustain_min": 2,
                   "viral_min_sharers": 10},
     )  # fmt: skip
-
-
-async def create_topics(settings: Settings) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap)
-    await admin.start()
-    try:
-        k = settings.kafka
-        await admin.create_topics(
-            [NewTopic(t, PARTITIONS, 1) for t in (k.topic, k.dlq_topic, k.signals_topic)]
-        )
-    finally:
-        await admin.close()
 
 
 def comments(

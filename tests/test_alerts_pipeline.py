@@ -5,9 +5,9 @@ restart with a replay; late items; failing writes retried with the same content.
 from __future__ import annotations
 
 import uuid
-from urllib.parse import quote
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 import pytest

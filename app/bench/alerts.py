@@ -29,7 +29,7 @@ def _stream(
     spike_share: float, seed: int,
 ) -> list[float]:  # fmt: skip
     """Seconds from the spike's start (or the stream's) to each negative-spike opening."""
-    from consumers.alerts.detect import MINUTE_MS, BuzzItem, CampaignBuzz
+    from consumers.alerts.detect import MINUTE_MS, BuzzItem, CampaignBuzz, Label
     from consumers.alerts.rules import default_rules
 
     rng = random.Random(seed)
@@ -48,7 +48,7 @@ def _stream(
         p = spike_share if spiking else share
         for offset in sorted(rng.randrange(MINUTE_MS) for _ in range(rate)):
             ts = start + minute * MINUTE_MS + offset
-            label = "negative" if rng.random() < p else "neutral"
+            label: Label = "negative" if rng.random() < p else "neutral"
             item = BuzzItem("", "bench", "comment", None, None, None, ts, ts, label, 0.0,
                             "en", (), "")  # fmt: skip
             for t in state.add(item, rules):
