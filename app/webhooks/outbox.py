@@ -27,7 +27,13 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.keys import new_webhook_secret
-from app.db.models import Campaign, WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from app.db.models import (
+    ALERT_KINDS,
+    Campaign,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
 from app.settings import WebhookSettings
 from app.webhooks import WebhookError
 from app.webhooks.policy import AttemptResult, Decision, RetryPolicy, first_attempt_at
@@ -35,15 +41,7 @@ from app.webhooks.signing import active_secrets
 
 # The event types the alerts consumer sends; the alert's state (open/resolved)
 # travels in ``data``. Endpoints subscribe to exact types or dotted prefixes.
-EVENT_TYPES = (
-    "buzz.negative_spike",
-    "buzz.volume_spike",
-    "buzz.negative_velocity",
-    "spread.accelerating",
-    "spread.viral",
-    "spread.forecast_exceeds",
-    "spread.structural_virality",
-)
+EVENT_TYPES = ALERT_KINDS
 INTERRUPTED = "interrupted: the notifier stopped before recording this attempt's outcome"
 EXCERPT_CHARS = 500
 ERROR_CHARS = 1000

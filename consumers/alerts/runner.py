@@ -12,6 +12,7 @@ alerts consumer also needs the ClickHouse tables (``viraltrace migrate``).
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,7 +23,7 @@ from app.db.session import create_engine, database_url, sessionmaker
 from app.sentiment import default_scorer
 from app.settings import Settings, WebhookSettings
 from app.storage.clickhouse import ClickHouse
-from app.webhooks.outbox import enqueue
+from app.webhooks.outbox import PayloadTooLarge, enqueue
 from consumers.alerts.detect import Transition
 from consumers.alerts.pipeline import AlertsPipeline, Notify
 from consumers.base import (
@@ -35,6 +36,8 @@ from consumers.base import (
 )
 from consumers.buzz.pipeline import BuzzPipeline
 
+log = logging.getLogger(__name__)
+
 
 def outbox_notifier(
     sessions: async_sessionmaker[AsyncSession], webhooks: WebhookSettings
@@ -45,15 +48,28 @@ def outbox_notifier(
         async with sessions() as session:
             for transition, data in batch:
                 at = transition.resolved_at or transition.opened_at
-                await enqueue(
-                    session,
-                    campaign=transition.campaign,
-                    event_type=transition.kind,
-                    event_id=f"{transition.id}:{transition.state}",
-                    data=data,
-                    timestamp=datetime.fromtimestamp(at / 1000, UTC),
-                    webhooks=webhooks,
-                )
+                for attempt in (data, {**data, "explanation": {"truncated": True}}):
+                    try:
+                        await enqueue(
+                            session,
+                            campaign=transition.campaign,
+                            event_type=transition.kind,
+                            event_id=f"{transition.id}:{transition.state}",
+                            data=attempt,
+                            timestamp=datetime.fromtimestamp(at / 1000, UTC),
+                            webhooks=webhooks,
+                        )
+                        break
+                    except PayloadTooLarge:
+                        # Explanations are bounded, but a body limit set very low must
+                        # not stop alerting: deliver the alert without its details.
+                        continue
+                else:
+                    log.error(
+                        "alert %s is too large to deliver even without its "
+                        "explanation; raise webhooks.max_body_bytes",
+                        transition.id,
+                    )
             await session.commit()
 
     return notify
