@@ -35,7 +35,7 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -719,6 +719,16 @@ async def open_clickhouse(
         yield ch
     finally:
         await asyncio.to_thread(ch.close)
+
+
+def publisher(runner: ConsumerRunner) -> Callable[[str, bytes, bytes], Awaitable[None]]:
+    """``publish(topic, key, value)`` through ``runner``'s producer (the DLQ one),
+    awaiting the broker's ack; for pipelines that publish what they derive."""
+
+    async def publish(topic: str, key: bytes, value: bytes) -> None:
+        await runner.producer.send_and_wait(topic, value, key=key)
+
+    return publish
 
 
 async def run_all(runners: Sequence[ConsumerRunner], stop: asyncio.Event) -> None:

@@ -102,12 +102,13 @@ class Minute:
             self.positive += 1
             self.positive_shares += is_share
 
-    def merge(self, other: Minute) -> None:
-        self.volume += other.volume
-        self.negative += other.negative
-        self.positive += other.positive
-        self.negative_shares += other.negative_shares
-        self.positive_shares += other.positive_shares
+    def merge(self, other: Minute, weight: float = 1.0) -> None:
+        """Add ``other``'s counts, scaled by ``weight`` (rounded) for a prorated minute."""
+        self.volume += round(other.volume * weight)
+        self.negative += round(other.negative * weight)
+        self.positive += round(other.positive * weight)
+        self.negative_shares += round(other.negative_shares * weight)
+        self.positive_shares += round(other.positive_shares * weight)
 
 
 class Ewma:
@@ -323,12 +324,7 @@ class CampaignBuzz:
             return total, float(length)
         oldest = self.minutes.get(last - length)
         if oldest is not None:
-            share = 1.0 - partial
-            total.volume += round(oldest.volume * share)
-            total.negative += round(oldest.negative * share)
-            total.positive += round(oldest.positive * share)
-            total.negative_shares += round(oldest.negative_shares * share)
-            total.positive_shares += round(oldest.positive_shares * share)
+            total.merge(oldest, 1.0 - partial)
         return total, float(length)
 
     def measure(self, kind: str, rule: Rule, last: int, partial: float | None) -> Measure | None:

@@ -28,6 +28,7 @@ none. Everything the write needs is kept until it succeeds.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -53,7 +54,7 @@ from consumers.alerts.detect import (
     Transition,
 )
 from consumers.alerts.explain import buzz_explanation, spread_explanation
-from consumers.alerts.rules import RuleBook, load_rulebook
+from consumers.alerts.rules import RuleCache
 from consumers.base import InvalidMessage, Record, Row, json_object, now_ms
 
 log = logging.getLogger(__name__)
@@ -131,7 +132,7 @@ Notify = Callable[[list[tuple[Transition, dict[str, Any]]]], Awaitable[None]]
 class Flush:
     """What one write sends; kept until it succeeds so a retry sends the same."""
 
-    items: list[Row] = field(default_factory=list)
+    items: list[BuzzItem] = field(default_factory=list)
     minutes: dict[str, set[int]] = field(default_factory=dict)  # campaign -> minute starts (s)
     transitions: list[Transition] = field(default_factory=list)
     payloads: list[dict[str, Any]] | None = None
@@ -197,8 +198,7 @@ class AlertsPipeline:
         self.clock = clock
         self.wall_ms = wall_ms
         self.batch_max_seconds = settings.flush_interval_s
-        self.book = RuleBook.build(settings, (), ())
-        self._rules_at: float | None = None
+        self.rules = RuleCache(settings, sessions)
         self.campaigns: dict[str, CampaignBuzz] = {}
         self.partition_of: dict[str, int] = {}
         self.seen: dict[str, float] = {}  # event_id -> when it was first processed
@@ -220,7 +220,7 @@ class AlertsPipeline:
                 out_of_order_ms=int(cfg.out_of_order_s * 1000),
                 max_lateness_ms=int(cfg.max_lateness_s * 1000),
                 warmup_min=cfg.warmup_min,
-                keep_min=self.book.keep_minutes(),
+                keep_min=self.rules.book.keep_minutes(),
             )
             self.campaigns[campaign] = state
         self.partition_of[campaign] = partition
@@ -240,7 +240,7 @@ class AlertsPipeline:
         if kind in SPREAD_KINDS:
             check_signal(value, record)
             state = self._campaign(campaign, record.partition)
-            transitions = state.spread(value, self.book.rules(campaign)[str(kind)])
+            transitions = state.spread(value, self.rules.book.rules(campaign)[str(kind)])
             self.pending.transitions += transitions
             return ((int(value.get("emitted_at") or value["ts"]),),) if transitions else ()
         raise InvalidMessage(record.partition, record.offset, f"bad_schema: kind {kind!r}")
@@ -253,10 +253,10 @@ class AlertsPipeline:
         if state.too_late(item.ts):
             self.too_late += 1
             return ()
-        self.pending.items.append(item_row(item, self.wall_ms()))
+        self.pending.items.append(item)
         minute_s = item.ts // MINUTE_MS * 60
         self.pending.minutes.setdefault(item.campaign, set()).add(minute_s)
-        self.pending.transitions += state.add(item, self.book.rules(item.campaign))
+        self.pending.transitions += state.add(item, self.rules.book.rules(item.campaign))
         return ((item.received_at,),)
 
     def received_ms(self, row: Row) -> int | None:
@@ -284,19 +284,10 @@ class AlertsPipeline:
             await self._restore(campaign, partition)
 
     async def _refresh_rules(self) -> None:
-        if self.sessions is None:
-            return
-        if self._rules_at is not None and self.now - self._rules_at < self.settings.rules_refresh_s:
-            return
-        self._rules_at = self.now
-        try:
-            self.book = await load_rulebook(self.sessions, self.settings)
-        except (SQLAlchemyError, OSError) as exc:
-            log.warning("alerts: rules not refreshed (keeping the previous ones): %s", exc)
-            return
-        keep = self.book.keep_minutes()
-        for state in self.campaigns.values():
-            state.keep_min = keep
+        if await self.rules.refresh(self.now):
+            keep = self.rules.book.keep_minutes()
+            for state in self.campaigns.values():
+                state.keep_min = keep
 
     async def _restore(self, campaign: str, partition: int) -> None:
         assert self.clickhouse is not None
@@ -304,7 +295,7 @@ class AlertsPipeline:
         params: dict[str, Any] = {"campaign": campaign}
         [(max_ts, count)] = await ch.aquery_rows(_MAX_TS_SQL, params)
         state = self._campaign(campaign, partition)
-        rules = self.book.rules(campaign)
+        rules = self.rules.book.rules(campaign)
         cooldown = max(rule.cooldown_ms for rule in rules.values())
         alerts = await ch.aquery_rows(
             _ALERTS_SQL, {**params, "since": self.wall_ms() - cooldown - 86_400_000}
@@ -337,7 +328,10 @@ class AlertsPipeline:
         ch = self.clickhouse
         assert ch is not None, "the alerts pipeline needs ClickHouse to write"
         await ch.ainsert(
-            "buzz_items", flush.items, ITEM_COLUMNS, dedup_token=f"{dedup_token}:items"
+            "buzz_items",
+            [item_row(item, flush.version) for item in flush.items],
+            ITEM_COLUMNS,
+            dedup_token=f"{dedup_token}:items",
         )
         for campaign, minutes in sorted(flush.minutes.items()):
             await ch.acommand(
@@ -373,9 +367,11 @@ class AlertsPipeline:
         return alert_document(t, explanation, self.public_base_url)
 
     def _prune_seen(self) -> None:
+        # Ids are inserted in processing order, so the stale ones are at the front.
         horizon = self.clock() - REPLAY_HORIZON_S
-        if len(self.seen) > 10_000 or (self.seen and next(iter(self.seen.values())) < horizon):
-            self.seen = {k: t for k, t in self.seen.items() if t >= horizon}
+        stale = [k for k, _ in itertools.takewhile(lambda kv: kv[1] < horizon, self.seen.items())]
+        for event_id in stale:
+            del self.seen[event_id]
 
     def revoked(self, partitions: set[TopicPartition]) -> None:
         """Another consumer owns these partitions now: forget their campaigns."""

@@ -10,16 +10,20 @@ newest (highest id) wins.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db.models import ALERT_KINDS, AlertRule, Campaign
 from app.settings import AlertSettings
 from consumers.alerts.detect import SPREAD_KINDS, Rule
+
+log = logging.getLogger(__name__)
 
 
 def default_rules(cfg: AlertSettings) -> dict[str, Rule]:
@@ -89,6 +93,34 @@ class RuleBook:
         return max(windows)
 
 
+class RuleCache:
+    """The current ``RuleBook``, re-read from the control plane at most every
+    ``rules_refresh_s``. A failed read keeps the book it had (logged), so the
+    consumers never block on the database."""
+
+    def __init__(
+        self, cfg: AlertSettings, sessions: async_sessionmaker[AsyncSession] | None
+    ) -> None:
+        self.cfg = cfg
+        self.sessions = sessions
+        self.book = RuleBook.build(cfg, (), ())
+        self._read_at: float | None = None
+
+    async def refresh(self, now: float) -> bool:
+        """Re-read if due; True when a new book was loaded."""
+        if self.sessions is None:
+            return False
+        if self._read_at is not None and now - self._read_at < self.cfg.rules_refresh_s:
+            return False
+        self._read_at = now
+        try:
+            self.book = await load_rulebook(self.sessions, self.cfg)
+        except (SQLAlchemyError, OSError) as exc:
+            log.warning("alert rules and campaign languages not refreshed: %s", exc)
+            return False
+        return True
+
+
 async def load_rulebook(sessions: async_sessionmaker[AsyncSession], cfg: AlertSettings) -> RuleBook:
     """Read campaigns and alert rules; raises SQLAlchemy errors (the caller retries)."""
     async with sessions() as session:
@@ -99,4 +131,3 @@ async def load_rulebook(sessions: async_sessionmaker[AsyncSession], cfg: AlertSe
             )
         ).all()
     return RuleBook.build(cfg, [(s, langs) for s, langs in campaigns], [(s, r) for s, r in rules])
-

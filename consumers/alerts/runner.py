@@ -32,6 +32,7 @@ from consumers.base import (
     KafkaTransport,
     Transport,
     open_clickhouse,
+    publisher,
     run_all,
 )
 from consumers.buzz.pipeline import BuzzPipeline
@@ -75,13 +76,6 @@ def outbox_notifier(
     return notify
 
 
-def _publisher(runner: ConsumerRunner) -> Any:
-    async def publish(topic: str, key: bytes, value: bytes) -> None:
-        await runner.producer.send_and_wait(topic, value, key=key)
-
-    return publish
-
-
 def buzz_runner(
     settings: Settings,
     sessions: async_sessionmaker[AsyncSession] | None,
@@ -98,7 +92,7 @@ def buzz_runner(
         settings, pipeline, settings.kafka.topic, transport=transport, metrics=metrics,
         stop=stop, dlq_topic=settings.kafka.dlq_topic,
     )  # fmt: skip
-    pipeline.publish = _publisher(runner)
+    pipeline.publish = publisher(runner)
     return runner
 
 

@@ -25,14 +25,13 @@ from typing import Any
 
 import orjson
 from aiokafka.errors import KafkaError
-from app.sentiment import Scorer, TextScore, explicit_negative, reaction_score, redact
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.bus.base import BusError
+from app.sentiment import Scorer, TextScore, explicit_negative, reaction_score, redact
 from app.settings import AlertSettings
 from app.storage.clickhouse import StorageError
-from consumers.alerts.rules import RuleBook, load_rulebook
+from consumers.alerts.rules import RuleCache
 from consumers.base import InvalidMessage, Record, Row, json_object
 
 log = logging.getLogger(__name__)
@@ -111,8 +110,7 @@ class BuzzPipeline:
         self.publish = publish
         self.signals_topic = signals_topic
         self.clock = clock
-        self.book = RuleBook.build(settings, (), ())
-        self._loaded_at: float | None = None
+        self.rules = RuleCache(settings, sessions)
 
     async def prepare(self, records: Sequence[Record]) -> None:
         """Refresh campaign languages from the control plane every ``rules_refresh_s``.
@@ -120,16 +118,7 @@ class BuzzPipeline:
         A failed refresh keeps the languages it had (detection then considers
         every supported language for an unknown campaign); it never blocks.
         """
-        now = self.clock()
-        if self.sessions is None:
-            return
-        if self._loaded_at is not None and now - self._loaded_at < self.settings.rules_refresh_s:
-            return
-        self._loaded_at = now
-        try:
-            self.book = await load_rulebook(self.sessions, self.settings)
-        except (SQLAlchemyError, OSError) as exc:
-            log.warning("buzz: campaign languages not refreshed: %s", exc)
+        await self.rules.refresh(self.clock())
 
     def revoked(self, partitions: Any) -> None:
         """Stateless per partition: nothing to forget."""
@@ -144,7 +133,7 @@ class BuzzPipeline:
             raise InvalidMessage(record.partition, record.offset, "bad_schema: no campaign")
         if not isinstance(value.get("ts"), int) or not isinstance(value.get("received_at"), int):
             raise InvalidMessage(record.partition, record.offset, "bad_schema: no ts")
-        scored = score_event(value, self.scorer, self.book.languages.get(campaign, ()))
+        scored = score_event(value, self.scorer, self.rules.book.languages.get(campaign, ()))
         return ((campaign, orjson.dumps(buzz_item(value, scored)), value["received_at"]),)
 
     def received_ms(self, row: Row) -> int | None:

@@ -405,7 +405,7 @@ class CascadesPipeline:
         self.dirty.clear()
         for root in self._idle():
             open_state = self.signal_state.get(root)
-            if open_state is not None and _any_open(open_state):
+            if open_state is not None and open_state.any_open():
                 cascade = self.cascades[root]
                 for signal in idle_signals(cascade.stats(), open_state):
                     flush.signals.append((cascade.campaign.encode(), _signal_bytes(signal, now)))
@@ -446,7 +446,8 @@ class CascadesPipeline:
         """Drop clean cascades idle for ``idle_evict_s``; they are restored on their next event."""
         # A cascade with open signals stays until a write has published their
         # resolution (``_drain``), so none is left open downstream.
-        idle = [root for root in self._idle() if not _any_open(self.signal_state.get(root))]
+        closed = SignalState()
+        idle = [r for r in self._idle() if not self.signal_state.get(r, closed).any_open()]
         for root in idle:
             self._forget(root)
         return len(idle)
@@ -473,10 +474,6 @@ class CascadesPipeline:
             self._forget(root)
         self._flush = None
         self.windows.clear()  # they mix partitions; rebuilt from new events
-
-
-def _any_open(state: SignalState | None) -> bool:
-    return state is not None and (state.accelerating or state.forecast or state.structural)
 
 
 def _signal_bytes(signal: dict[str, Any], now: int) -> bytes:

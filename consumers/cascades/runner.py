@@ -18,6 +18,7 @@ from consumers.base import (
     KafkaTransport,
     Transport,
     open_clickhouse,
+    publisher,
     run_all,
 )
 from consumers.cascades.pipeline import CascadesPipeline
@@ -43,11 +44,7 @@ def cascades_runner(
         stop=stop,
         dlq_topic=settings.kafka.dlq_topic,
     )
-
-    async def publish(topic: str, key: bytes, value: bytes) -> None:
-        await runner.producer.send_and_wait(topic, value, key=key)
-
-    pipeline.publish = publish
+    pipeline.publish = publisher(runner)
     return runner
 
 

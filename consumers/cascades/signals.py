@@ -45,6 +45,9 @@ class SignalState:
     forecast: bool = False
     structural: bool = False
 
+    def any_open(self) -> bool:
+        return self.accelerating or self.forecast or self.structural
+
 
 def _signal(
     kind: str, state: str, campaign: str, root: str | None, version: int | str, ts: int,
