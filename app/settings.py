@@ -79,7 +79,9 @@ class TrackingSettings(BaseModel):
 
     public_base_url: str = "http://127.0.0.1:8000"
     # Key id -> secret. The current key signs; every listed key verifies.
-    token_keys: dict[int, SecretStr] = Field(default_factory=lambda: {1: SecretStr(DEV_TOKEN_KEY)})
+    token_keys: dict[int, SecretStr] = Field(
+        default_factory=lambda: {1: SecretStr(DEV_TOKEN_KEY)}
+    )
     token_key_id: int = Field(1, ge=0, le=255)
     # Secret from which the daily visitor-hash salts are derived.
     salt_secret: SecretStr = SecretStr(DEV_SALT_SECRET)
