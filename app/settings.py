@@ -146,6 +146,13 @@ class ConsumerSettings(BaseModel):
     # Backoff while a write keeps failing (ClickHouse down): partitions stay paused.
     retry_initial_s: float = Field(0.5, gt=0)
     retry_max_s: float = Field(30.0, gt=0)
+    # `viraltrace consume ...` serves /metrics and /healthz on this port; 0 turns it off.
+    # (`viraltrace up` has no such port: its API's /metrics carries the consumers' metrics.)
+    metrics_port: int = Field(9464, ge=0, le=65_535)
+    # Every interface by default: Prometheus scrapes a consumer from another container or
+    # host, and the endpoint carries only counts and timings (no event data, no secrets).
+    # Set 127.0.0.1 on a shared host where only a local agent scrapes.
+    metrics_host: str = "0.0.0.0"
 
 
 class CascadeSettings(BaseModel):
