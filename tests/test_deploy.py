@@ -697,6 +697,10 @@ async def test_prometheus_scrapes_the_api_and_every_consumer(tmp_path: Path) -> 
     assert await answered_paths(tmp_path, {api["metrics_path"]}) == {"/metrics": 200}
 
 
+# Grafana's provisioning files read the environment as $NAME, ${NAME} or $__env{NAME}.
+_GRAFANA_ENV = re.compile(r"\$\$|\$__env\{(\w+)\}|\$\{(\w+)\}|\$(?!__)(\w+)")
+
+
 def _grafana_mounts() -> dict[str, str]:
     """Grafana's bind mounts: container path -> deploy/ folder."""
     mounts = {}
@@ -726,7 +730,10 @@ def test_grafana_is_provisioned_from_deploy_grafana() -> None:
     environment = compose()["services"]["grafana"]["environment"]
     for source_file in datasources:
         text = source_file.read_text()
-        for name in re.findall(r"\$\{?(\w+)\}?", text):
+        for match in _GRAFANA_ENV.finditer(text):
+            name = next((group for group in match.groups() if group), None)
+            if name is None:  # $$, a literal $
+                continue
             assert name in environment, (
                 f"{source_file.name} reads ${name}, which Compose does not set"
             )
@@ -972,3 +979,39 @@ def test_k8s_services_and_autoscaling_select_real_pods() -> None:
         budget["spec"]["selector"]["matchLabels"]
         == deployments[target["name"]]["spec"]["selector"]["matchLabels"]
     )
+
+
+def test_deploy_readme_commands_exist_in_the_cli() -> None:
+    """The viraltrace commands deploy/README.md tells an operator to run."""
+    text = (DEPLOY / "README.md").read_text()
+    commands = re.findall(r"docker compose run --rm api ([^#\n]+)", text)
+    commands += re.findall(r"kubectl [^\n]*? -- viraltrace ([^#\n]+)", text)
+    assert len(commands) >= 3, commands
+    for command in commands:
+        resolve_cli(shlex.split(command))
+
+
+def test_deploy_docs_name_real_settings() -> None:
+    """Every VIRALTRACE_* name the deploy docs mention is a setting."""
+    for doc in (REPO / "docs" / "scaling.md", DEPLOY / "README.md"):
+        names = set(re.findall(r"VIRALTRACE_[A-Z0-9_]*[A-Z0-9]", doc.read_text()))
+        assert names, doc
+        unknown = sorted(n for n in names if setting_path(n) is None)
+        assert not unknown, f"{doc.name} names settings that do not exist: {unknown}"
+
+
+def test_scaling_guide_quotes_the_benchmarks() -> None:
+    """The measured rates in docs/scaling.md are the ones docs/benchmarks.md reports
+    (figures derived from them, written after = or ≈, are left out)."""
+    scaling = (REPO / "docs" / "scaling.md").read_text()
+    benchmarks = (REPO / "docs" / "benchmarks.md").read_text()
+    measured = scaling.split("### Per-process rates (measured)")[1].split("###")[0]
+    cells = [
+        re.sub(r"[=≈][^|(]*", "", line.split("|")[2])
+        for line in measured.splitlines()
+        if line.startswith("| ") and "docs/benchmarks.md" not in line and "---" not in line
+    ]
+    quoted = {n for cell in cells for n in re.findall(r"\d{1,3}(?:,\d{3})+|\d+\.\d+ s", cell)}
+    assert len(quoted) >= 10, quoted
+    missing = sorted(n for n in quoted if n not in benchmarks)
+    assert not missing, f"not in docs/benchmarks.md: {missing}"
