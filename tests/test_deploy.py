@@ -701,6 +701,18 @@ async def test_prometheus_scrapes_the_api_and_every_consumer(tmp_path: Path) -> 
 _GRAFANA_ENV = re.compile(r"\$\$|\$__env\{(\w+)\}|\$\{(\w+)\}|\$(?!__)(\w+)")
 
 
+def _strings(node: Any) -> Iterator[str]:
+    """Every string value in a parsed YAML document."""
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, dict):
+        for value in node.values():
+            yield from _strings(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _strings(value)
+
+
 def _grafana_mounts() -> dict[str, str]:
     """Grafana's bind mounts: container path -> deploy/ folder."""
     mounts = {}
@@ -728,17 +740,23 @@ def test_grafana_is_provisioned_from_deploy_grafana() -> None:
             assert Path(path).is_relative_to(dashboards_target), f"{provider_file.name}: {path}"
     uids = {}
     environment = compose()["services"]["grafana"]["environment"]
+    read: set[str] = set()
     for source_file in datasources:
-        text = source_file.read_text()
-        for match in _GRAFANA_ENV.finditer(text):
-            name = next((group for group in match.groups() if group), None)
-            if name is None:  # $$, a literal $
-                continue
-            assert name in environment, (
-                f"{source_file.name} reads ${name}, which Compose does not set"
-            )
-        for source in yaml.safe_load(text)["datasources"]:
+        provisioning = yaml.safe_load(source_file.read_text())
+        for value in _strings(provisioning):
+            for match in _GRAFANA_ENV.finditer(value):
+                name = next((group for group in match.groups() if group), None)
+                if name is not None:  # None: $$, a literal $
+                    read.add(name)
+                    assert name in environment, (
+                        f"{source_file.name} reads ${name}, which Compose does not set"
+                    )
+        for source in provisioning["datasources"]:
             uids[source["uid"]] = source["type"]
+    passed = {name for name in environment if not name.startswith("GF_")}
+    assert passed <= read, (
+        f"Compose passes Grafana what no provisioning file reads: {passed - read}"
+    )
     assert uids.get("clickhouse") == "grafana-clickhouse-datasource"
     assert uids.get("prometheus") == "prometheus"
     plugin = environment["GF_PLUGINS_PREINSTALL_SYNC"].split("@")[0]
