@@ -144,6 +144,10 @@ def simulate(
         str, typer.Option(help="comment languages, optionally weighted: en=2,ms,id")
     ] = LANGUAGE_CHOICES,
     channels: Annotated[str, typer.Option(help="channel mix, name=weight,...")] = DEFAULT_CHANNELS,
+    comment_fraction: Annotated[
+        float,
+        typer.Option(min=0, max=0.9, help="fraction of the events that are comments and reactions"),
+    ] = 0.25,
     views_per_share: Annotated[
         float, typer.Option(min=0.1, help="recipients who view a share, on average")
     ] = 8.0,
@@ -196,6 +200,7 @@ def simulate(
         views_per_share=views_per_share, click_through=click_through,
         conversion_rate=conversion_rate, negative_share=negative_share,
         buzz_episode=buzz_episode, buzz_negative_share=buzz_negative_share, seed=seed,
+        buzz_fraction=comment_fraction,
     )  # fmt: skip
     plan = make_plan(config)
     out = Console(highlight=False)
