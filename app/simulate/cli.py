@@ -10,7 +10,7 @@ import re
 import signal
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Final
+from typing import TYPE_CHECKING, Annotated, Any, Final
 
 import typer
 
@@ -76,6 +76,11 @@ def _links(values: list[str], campaigns: tuple[str, ...]) -> dict[str, str]:
     return links
 
 
+def _fraction(help_text: str) -> Any:
+    """A 0..1 option."""
+    return typer.Option(min=0, max=1, help=help_text)
+
+
 @dataclass(frozen=True)
 class RunShape:
     """How long the run lasts, how many events it plans, the plan's virtual span."""
@@ -131,15 +136,11 @@ def simulate(
             "dated in the recent past",
         ),
     ] = 1.0,
-    negative_share: Annotated[
-        float, typer.Option(min=0, max=1, help="share of comments and reactions that are negative")
-    ] = 0.1,
+    negative_share: Annotated[float, _fraction("negative share of comments and reactions")] = 0.1,
     buzz_episode: Annotated[
         bool, typer.Option(help="a 3-minute (event time) burst of negative buzz at 70% of the run")
     ] = False,
-    buzz_negative_share: Annotated[
-        float, typer.Option(min=0, max=1, help="negative share during the buzz episode")
-    ] = 0.75,
+    buzz_negative_share: Annotated[float, _fraction("negative share in the buzz episode")] = 0.75,
     languages: Annotated[
         str, typer.Option(help="comment languages, optionally weighted: en=2,ms,id")
     ] = LANGUAGE_CHOICES,
@@ -151,12 +152,8 @@ def simulate(
     views_per_share: Annotated[
         float, typer.Option(min=0.1, help="recipients who view a share, on average")
     ] = 8.0,
-    click_through: Annotated[
-        float, typer.Option(min=0, max=1, help="share of views that click through")
-    ] = 0.1,
-    conversion_rate: Annotated[
-        float, typer.Option(min=0, max=1, help="share of clicks that convert")
-    ] = 0.05,
+    click_through: Annotated[float, _fraction("share of views that click through")] = 0.1,
+    conversion_rate: Annotated[float, _fraction("share of clicks that convert")] = 0.05,
     seed: Annotated[
         int | None, typer.Option(help="random seed: the same seed plans the same run")
     ] = None,
