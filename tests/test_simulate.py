@@ -258,6 +258,34 @@ def test_an_unreachable_instance_is_a_clear_error() -> None:
     assert result.exception is None or isinstance(result.exception, SystemExit)
 
 
+def test_another_service_on_the_port_is_refused() -> None:
+    """A web server that answers 200 to everything would swallow the pixel's hits."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Page(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the http.server hook
+            self.send_response(200)
+            self.send_header("content-type", "text/html")
+            self.end_headers()
+            self.wfile.write(b"<html>welcome</html>")
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        result = CliRunner().invoke(cli, ["simulate", "--url", url, "--events", "10"])
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.exit_code == 1, result.output
+    assert "is it viraltrace?" in result.output
+
+
 # -- the driver against the app in process -----------------------------------------
 
 
@@ -462,7 +490,7 @@ def test_simulate_against_viraltrace_up(tmp_path: Path) -> None:
                 m for m in buzz
                 if (episode_start <= ms(m["minute"]) + 30_000 < episode_end) == inside
             ]  # fmt: skip
-            return sum(m["negative"] for m in chosen) / sum(m["volume"] for m in chosen)
+            return float(sum(m["negative"] for m in chosen) / sum(m["volume"] for m in chosen))
 
         assert negative_share(True) > 0.5 > 0.2 > negative_share(False)
 

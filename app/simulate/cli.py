@@ -17,6 +17,7 @@ import typer
 from app.events import CAMPAIGN_PATTERN, CHANNEL_PATTERN
 
 if TYPE_CHECKING:
+    import httpx
     from rich.console import Console
 
     from app.simulate.driver import Driver, Stats
@@ -200,7 +201,7 @@ def simulate(
         buzz_fraction=comment_fraction,
     )  # fmt: skip
     plan = make_plan(config)
-    out = Console(highlight=False)
+    out = Console(highlight=False, soft_wrap=True)
     code = asyncio.run(
         _run(plan, url.rstrip("/"), shape, speed=speed, rate=rate, concurrency=concurrency,
              write_key=write_key, links=_links(link, names), out=out, report=report)
@@ -225,8 +226,11 @@ async def _run(
         except httpx.HTTPError as exc:
             out.print(f"[red]cannot reach {url}:[/] {exc or type(exc).__name__}")
             return 1
-        if health.status_code != 200:
-            out.print(f"[red]{url}/healthz answered {health.status_code}; is it viraltrace?[/]")
+        if not _looks_healthy(health):
+            out.print(
+                f"[red]{url}/healthz answered {health.status_code} "
+                f"{health.text[:80]!r}: is it viraltrace?[/]"
+            )
             return 1
         driver = Driver(
             plan, client, speed=speed, rate=rate, concurrency=concurrency, write_key=write_key,
@@ -245,6 +249,15 @@ async def _run(
     if interrupted:
         return EXIT_INTERRUPTED
     return 0 if driver.stats.sent_total else 1
+
+
+def _looks_healthy(response: httpx.Response) -> bool:
+    """viraltrace's /healthz answers 200 {"status": "ok"}; another service on the port
+    would take the pixel's hits without a word, so it is refused up front."""
+    try:
+        return response.status_code == 200 and response.json().get("status") == "ok"
+    except (ValueError, AttributeError):
+        return False
 
 
 async def _play(driver: Driver, console: Console) -> bool:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 import uuid
 from collections import Counter
@@ -36,6 +37,8 @@ from typing import Any, Final, TypeVar
 import httpx
 
 from app.simulate.plan import Action, Event, Plan, Share, Touch
+
+log = logging.getLogger(__name__)
 
 MAX_TRIES: Final = 6
 MAX_RETRY_AFTER_S: Final = 30.0
@@ -272,6 +275,11 @@ class Driver:
             except asyncio.CancelledError:
                 tally.count(self.stats.errors, "interrupted in flight", tally.left)
                 raise
+            except (ValueError, KeyError, TypeError) as exc:
+                # An answer without the documented shape (a proxy's page, another
+                # service on the port): counted, never a traceback.
+                log.debug("unexpected answer", exc_info=True)
+                tally.count(self.stats.errors, f"unexpected answer ({exc!r:.60})", tally.left)
 
         task = asyncio.create_task(guarded())
         self._tasks.add(task)
@@ -320,7 +328,7 @@ class Driver:
             async with self._slots:
                 try:
                     response = await self.client.request(method, path, **kwargs)
-                except httpx.TransportError as exc:
+                except httpx.HTTPError as exc:
                     reason = type(exc).__name__
                     response = None
             if response is None:
@@ -362,9 +370,10 @@ class Driver:
             elif answer.status_code != 201:
                 tally.count(stats.errors, f"share: {_error_reason(answer)}")
             else:
-                token = answer.json()["token"]
+                created = answer.json()
+                token, depth = str(created["token"]), int(created["depth"])
                 tally.count(stats.sent, "share")
-                stats.max_depth = max(stats.max_depth, int(answer.json()["depth"]))
+                stats.max_depth = max(stats.max_depth, depth)
                 if share.node in self._seeds:
                     stats.cascades += 1
         finally:
