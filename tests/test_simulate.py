@@ -307,9 +307,10 @@ async def test_the_driver_sends_the_plan_through_the_public_api(tmp_path: Path) 
     assert len({e["event_id"] for e in sent}) == len(sent)
     assert not any(e["bot"] for e in sent)
     # Event times follow the plan, compressed: the last one is about now, none is later
-    # than its arrival.
+    # than its arrival, the first (the first seed's share) on a whole minute.
     assert all(e["ts"] <= e["received_at"] for e in sent)
-    assert min(e["ts"] for e in sent) >= before - plan.config.span_ms
+    first = min(e["ts"] for e in sent)
+    assert first % 60_000 == 0 and first >= before - plan.config.span_ms - 60_000
     # The cascades keep their shape: depths as planned, every share under a sent share.
     shares = [e for e in sent if e["type"] == "share"]
     assert Counter(e["depth"] for e in shares) == Counter(s.depth for s in shares_of(plan))

@@ -9,7 +9,8 @@ conversions, batched, with the write key when one is given).
 Timing: an action planned at virtual time ``v`` is sent ``v / speed``
 seconds after the start, with event time ``ts = start - span * (1 - 1/speed)
 + v``: with ``speed`` 1 that is now; faster, the plan's span is compressed
-and its events are dated in the recent past, the last ones about now. An
+and its events are dated in the recent past, the last ones about now (the
+start rounded down to a whole minute). An
 event time is never later than the moment it is sent, so the server's
 clock-skew check passes while the two clocks agree. Link clicks carry the
 server's time (``/r/`` takes no ``ts``).
@@ -202,6 +203,10 @@ class Driver:
         self.stats.started = time.monotonic()
         span_ms = self.plan.config.span_ms
         self._ts0_ms = int(time.time() * 1000) - round(span_ms * (1 - 1 / self.speed))
+        if self.speed > 1:
+            # Dated in the past anyway: start on a whole minute, so that the first
+            # per-minute buzz window is not a partial one (baselines start from it).
+            self._ts0_ms -= self._ts0_ms % 60_000
         flusher = asyncio.create_task(self._flush_periodically())
         try:
             finished = await self._dispatch(stop)
