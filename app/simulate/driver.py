@@ -177,7 +177,10 @@ class Driver:
         self.deadline_s = deadline_s
         self.stats = Stats(len(plan.actions), plan.count_by_type())
         self._slots = asyncio.Semaphore(concurrency)
-        self._max_tasks = concurrency * 64
+        # Requests queued beyond this make the plan wait instead: a long queue would
+        # send events late and out of order when the server is slower than the plan.
+        self._max_tasks = concurrency * 4
+        self._last_batch: asyncio.Task[None] | None = None
         self._tokens: dict[int, asyncio.Future[str | None]] = {}
         self._seeds = {seed.node for seed in plan.seeds}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -270,7 +273,9 @@ class Driver:
             if len(self._batch) >= BATCH_MAX:
                 self._flush()
 
-    def _spawn(self, send: Callable[[_Tally, _T], Awaitable[None]], what: _T, events: int) -> None:
+    def _spawn(
+        self, send: Callable[[_Tally, _T], Awaitable[None]], what: _T, events: int
+    ) -> asyncio.Task[None]:
         """Run ``send(tally, what)``; events it leaves uncounted when cancelled are errors."""
 
         async def guarded() -> None:
@@ -289,6 +294,7 @@ class Driver:
         task = asyncio.create_task(guarded())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _abandon(self) -> None:
         """Cancel what is still in flight (its events count as errors)."""
@@ -310,7 +316,8 @@ class Driver:
     def _flush(self) -> None:
         if self._batch:
             batch, self._batch = self._batch, []
-            self._spawn(self._events, batch, len(batch))
+            after = self._last_batch
+            self._last_batch = self._spawn(self._events, (after, batch), len(batch))
 
     @property
     def event_time_start_ms(self) -> int:
@@ -411,7 +418,14 @@ class Driver:
         else:
             tally.count(stats.sent, touch.type)
 
-    async def _events(self, tally: _Tally, batch: list[tuple[Event, str]]) -> None:
+    async def _events(
+        self, tally: _Tally, chained: tuple[asyncio.Task[None] | None, list[tuple[Event, str]]]
+    ) -> None:
+        """One batch, sent after the previous one: the alerts consumer's windows follow
+        each campaign's newest event time, so comments must not overtake each other."""
+        after, batch = chained
+        if after is not None:
+            await asyncio.wait({after})
         stats = self.stats
         items: list[tuple[Event, dict[str, Any]]] = []
         for event, event_id in batch:
