@@ -14,9 +14,13 @@ import asyncio
 import json
 import signal
 import statistics
+import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -255,32 +259,60 @@ def test_an_unreachable_instance_is_a_clear_error() -> None:
     assert result.exception is None or isinstance(result.exception, SystemExit)
 
 
-def test_another_service_on_the_port_is_refused() -> None:
-    """A web server that answers 200 to everything would swallow the pixel's hits."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class _Server(ThreadingHTTPServer):
+    block_on_close = False  # a stalled handler must not hold up the test's end
+
+
+@contextmanager
+def web_server(delay_s: float = 0.0) -> Iterator[str]:
+    """A plain web server (not viraltrace) that answers every GET with a page,
+    after ``delay_s``; yields its URL."""
 
     class Page(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - the http.server hook
+            time.sleep(delay_s)
             self.send_response(200)
             self.send_header("content-type", "text/html")
             self.end_headers()
             self.wfile.write(b"<html>welcome</html>")
 
+        do_POST = do_GET  # noqa: N815
+
         def log_message(self, *_: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Page)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    server = _Server(("127.0.0.1", 0), Page)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        url = f"http://127.0.0.1:{server.server_address[1]}"
-        result = CliRunner().invoke(cli, ["simulate", "--url", url, "--events", "10"])
+        yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_another_service_on_the_port_is_refused() -> None:
+    """A web server that answers 200 to everything would swallow the pixel's hits."""
+    with web_server() as url:
+        result = CliRunner().invoke(cli, ["simulate", "--url", url, "--events", "10"])
     assert result.exit_code == 1, result.output
     assert "is it viraltrace?" in result.output
+
+
+async def test_a_stop_is_prompt_when_the_server_stalls() -> None:
+    """Requests that hang get the grace, then are abandoned and counted."""
+    plan = small_plan(max_events=100)
+    with web_server(delay_s=30) as url:
+        async with httpx.AsyncClient(base_url=url) as client:
+            stop = asyncio.Event()
+            run = asyncio.create_task(Driver(plan, client, speed=60, rate=10_000).run(stop))
+            await asyncio.sleep(1)
+            stop.set()
+            started = time.monotonic()
+            stats = await asyncio.wait_for(run, 10)
+    assert time.monotonic() - started < 5
+    assert stats.sent_total == 0
+    assert stats.errors["interrupted (may have arrived)"] > 0
+    assert stats.accounted == stats.planned
 
 
 # -- the driver against the app in process -----------------------------------------

@@ -25,7 +25,6 @@ reason), skipped (its share failed, so there is no token) or not sent
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
@@ -211,18 +210,15 @@ class Driver:
             # per-minute buzz window is not a partial one (baselines start from it).
             self._ts0_ms -= self._ts0_ms % 60_000
         flusher = asyncio.create_task(self._flush_periodically())
+        stopped = asyncio.ensure_future(stop.wait())
         try:
-            finished = await self._dispatch(stop)
+            finished = await self._dispatch(stopped)
             self._flush()
-            left = self._time_left()
-            if not finished:
-                grace: float | None = STOP_GRACE_S
-            else:
-                grace = None if left is None else left + STOP_GRACE_S
             if self._tasks:
-                await asyncio.wait(set(self._tasks), timeout=grace)
+                await self._settle(stopped, finished)
         finally:
             flusher.cancel()
+            stopped.cancel()
             await self._abandon()
             self.stats.ended = time.monotonic()
         return self.stats
@@ -232,24 +228,47 @@ class Driver:
             return None
         return max(0.0, self._t0 + self.deadline_s - asyncio.get_running_loop().time())
 
-    async def _dispatch(self, stop: asyncio.Event) -> bool:
+    async def _settle(self, stopped: asyncio.Future[Any], finished: bool) -> None:
+        """Let the requests in flight finish: until the deadline (plus a grace) after a
+        complete dispatch, a grace after an early stop or a stop that comes meanwhile."""
+        if not finished:
+            await asyncio.wait(set(self._tasks), timeout=STOP_GRACE_S)
+            return
+        left = self._time_left()
+        waiter = asyncio.ensure_future(
+            asyncio.wait(set(self._tasks), timeout=None if left is None else left + STOP_GRACE_S)
+        )
+        try:
+            await asyncio.wait({waiter, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if not waiter.done():
+                await asyncio.wait({waiter}, timeout=STOP_GRACE_S)
+        finally:
+            waiter.cancel()
+
+    async def _dispatch(self, stopped: asyncio.Future[Any]) -> bool:
         """Launch every action at its time; False when stopped early (stop or deadline)."""
         loop = asyncio.get_running_loop()
         actions = self.plan.actions
         deadline = None if self.deadline_s is None else self._t0 + self.deadline_s
+
+        def over() -> bool:
+            return stopped.done() or (deadline is not None and loop.time() >= deadline)
+
         for index, action in enumerate(actions):
             due = self._t0 + action.at_ms / 1000 / self.speed
             ready = max(due, self._pause_until, self._rate_slot(loop.time()))
             if deadline is not None:
                 ready = min(ready, deadline)
             if ready > loop.time():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), ready - loop.time())
-            if stop.is_set() or (deadline is not None and loop.time() >= deadline):
+                await asyncio.wait({stopped}, timeout=ready - loop.time())
+            while not over() and len(self._tasks) >= self._max_tasks:
+                await asyncio.wait(
+                    {*self._tasks, stopped}, timeout=self._time_left(),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )  # fmt: skip
+            if over():
                 self.stats.not_sent += len(actions) - index
                 return False
-            while len(self._tasks) >= self._max_tasks:
-                await asyncio.wait(set(self._tasks), return_when=asyncio.FIRST_COMPLETED)
             self.stats.dispatched += 1
             self._launch(action)
         return True
@@ -283,7 +302,7 @@ class Driver:
             try:
                 await send(tally, what)
             except asyncio.CancelledError:
-                tally.count(self.stats.errors, "interrupted in flight", tally.left)
+                tally.count(self.stats.errors, "interrupted (may have arrived)", tally.left)
                 raise
             except (ValueError, KeyError, TypeError) as exc:
                 # An answer without the documented shape (a proxy's page, another
