@@ -11,6 +11,7 @@ import typer
 from app.bench import bench
 from app.cli_control import mount as mount_control_plane
 from app.settings import Settings
+from app.simulate.cli import simulate
 from app.storage.clickhouse import StorageError, redact_dsn
 from consumers.cli import consume_app
 
@@ -18,6 +19,7 @@ cli = typer.Typer(help="viraltrace: live share-cascade tracking.", no_args_is_he
 cli.add_typer(bench, name="bench", help="Benchmarks (rerunnable; see docs/benchmarks.md).")
 cli.add_typer(consume_app, name="consume", help="Run a Kafka consumer (its own process).")
 mount_control_plane(cli)
+cli.command()(simulate)
 
 
 @cli.command()
