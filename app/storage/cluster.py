@@ -494,24 +494,25 @@ def render_cluster(
     """
     renderer = _Renderer(spec, sharding_keys)
     rendered: list[list[str]] = []
+    created_by: dict[str, str] = {}
     for name, statements in migrations:
         out: list[str] = []
         for index, statement in enumerate(statements, start=1):
+            first_line = statement.strip().splitlines()[0] if statement.strip() else ""
+            where = f"{name} statement {index} ({first_line[:80]!r})"
             try:
                 out.extend(renderer.render(statement))
             except ValueError as exc:
-                first_line = statement.strip().splitlines()[0] if statement.strip() else ""
                 raise MigrationError(
-                    f"{name} statement {index} ({first_line[:80]!r}) cannot be rendered for "
-                    f"cluster {spec.name!r}: {exc}"
+                    f"{where} cannot be rendered for cluster {spec.name!r}: {exc}"
                 ) from None
+            created_by.update((t, where) for t in renderer.tables if t not in created_by)
         rendered.append(out)
-    unfed = [
-        t for t, key in renderer.tables.items() if key is None and t not in renderer.view_targets
-    ]
-    if unfed:
-        raise MigrationError(
-            f"tables {', '.join(sorted(unfed))} have no sharding key but no materialized view "
-            "writes them: give them a key in SHARDING_KEYS"
-        )
+    for table, key in renderer.tables.items():
+        if key is None and table not in renderer.view_targets:
+            raise MigrationError(
+                f"{created_by[table]} cannot be rendered for cluster {spec.name!r}: table "
+                f"{table} has no sharding key, but no materialized view writes it: give it a "
+                "key in SHARDING_KEYS"
+            )
     return rendered
