@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import re
 import subprocess
 import sys
@@ -251,6 +252,8 @@ KEYS: dict[str, str | None] = {"t": "cityHash64(k)", "r": None}
         (["DROP TABLE IF EXISTS t"], KEYS, "not a statement the cluster transformer handles"),
         (["INSERT INTO t VALUES ('a', 1)"], KEYS, "not a statement"),
         (["SELECT 'unterminated"], KEYS, "unterminated"),
+        (["ALTER TABLE t."], KEYS, "database-qualified"),
+        (["CREATE TABLE IF NOT EXISTS"], KEYS, "expected a plain (unquoted) table name"),
     ],
 )  # fmt: skip
 def test_statements_it_does_not_understand_are_refused(
@@ -260,6 +263,26 @@ def test_statements_it_does_not_understand_are_refused(
         render(statements, keys)
     assert message in str(refused.value)
     assert "cluster 'vt'" in str(refused.value)
+
+
+def test_mangled_statements_are_refused_never_crash() -> None:
+    # Cut pieces out of the real statements: each result renders or is refused
+    # with a MigrationError; no IndexError or the like escapes.
+    statements = [s for _, ss in single_node() for s in ss]
+    rng = random.Random(8)
+    refused = 0
+    for _ in range(3000):
+        statement = rng.choice(statements)
+        start = rng.randrange(len(statement))
+        end = rng.randrange(start, len(statement) + 1)
+        try:
+            render_cluster(
+                [("0001_x", [*statements[:2], statement[:start] + statement[end:]])], SPEC
+            )
+        except MigrationError as exc:
+            assert "0001_x statement" in str(exc)
+            refused += 1
+    assert refused > 1000
 
 
 # ---- settings and the CLI -------------------------------------------------------------

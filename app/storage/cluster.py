@@ -306,8 +306,8 @@ def _plain_name(tokens: Sequence[Token], index: int, what: str) -> Token:
         raise ValueError(f"expected a plain (unquoted) {what} name")
     if index + 1 < len(tokens) and tokens[index + 1].text == ".":
         raise ValueError(
-            f"{what} {tokens[index].text}.{tokens[index + 2].text}: database-qualified "
-            "names are not handled (the cluster DDL uses the current database)"
+            f"{what} {tokens[index].text}.(...): database-qualified names are not handled "
+            "(the cluster DDL uses the current database)"
         )
     return tokens[index]
 
