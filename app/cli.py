@@ -96,7 +96,16 @@ def up(
 
 
 @cli.command()
-def migrate() -> None:
+def migrate(
+    print_sql: Annotated[
+        bool,
+        typer.Option(
+            "--print-sql",
+            help="print the ClickHouse DDL for the configured mode (VIRALTRACE_CLICKHOUSE_CLUSTER "
+            "set or not) and exit; connects to nothing",
+        ),
+    ] = False,
+) -> None:
     """Apply pending migrations: ClickHouse, then the control-plane database (idempotent).
 
     Run it before starting the API and the consumers; they never migrate by themselves.
@@ -111,6 +120,20 @@ def migrate() -> None:
     from app.storage.clickhouse import ClickHouse
 
     settings = Settings()
+    if print_sql:
+        from app.storage.migrate import MIGRATIONS_DIR, render_sql
+
+        try:
+            sql = render_sql(
+                settings.clickhouse.migrations_dir or MIGRATIONS_DIR,
+                settings_ttl_days=settings.clickhouse.events_ttl_days,
+                cluster=settings.clickhouse.cluster_spec(),
+            )
+        except StorageError as exc:
+            typer.echo(f"migrate failed: {exc}", err=True)
+            raise typer.Exit(1) from exc
+        typer.echo(sql, nl=False)
+        return
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     try:
         with ClickHouse(settings.clickhouse_dsn) as clickhouse:
