@@ -199,6 +199,9 @@ class TreeCache:
         self.size = size
         self._trees: OrderedDict[tuple[str, str, int], Tree] = OrderedDict()
 
+    def __len__(self) -> int:
+        return len(self._trees)
+
     def get(self, key: tuple[str, str, int]) -> Tree | None:
         tree = self._trees.get(key)
         if tree is not None:
