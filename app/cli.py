@@ -82,6 +82,7 @@ def up(
     typer.echo(f"  pixel    {base}/p.gif?c=<campaign>")
     typer.echo(f"  events   {base}/v1/events   shares {base}/v1/shares")
     typer.echo(f"  summary  {base}/v1/campaigns/<campaign>/summary")
+    typer.echo(f"  live     {base}/dashboard   snippet {base}/t.js")
     if read_key is not None:
         typer.echo(f"  read key {read_key}   (from {settings.data_dir / 'read-key'})")
     typer.echo(f"  health   {base}/healthz     metrics {base}/metrics   docs {base}/docs")
