@@ -56,6 +56,7 @@ async def test_the_page_is_html_with_a_strict_csp_and_revalidated(
     [
         ("/dashboard/dashboard.js", "text/javascript; charset=utf-8"),
         ("/dashboard/dashboard.css", "text/css; charset=utf-8"),
+        ("/dashboard/favicon.svg", "image/svg+xml"),
     ],
 )
 async def test_page_assets_have_their_types_and_stay_same_origin(

@@ -60,6 +60,7 @@ FILES: dict[str, tuple[str, str, dict[str, str]]] = {
         "text/css; charset=utf-8",
         ASSET_HEADERS,
     ),
+    "/dashboard/favicon.svg": ("dashboard/favicon.svg", "image/svg+xml", ASSET_HEADERS),
     "/t.js": ("t.js", JS, SNIPPET_HEADERS),
 }
 

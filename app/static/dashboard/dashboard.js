@@ -183,7 +183,7 @@
     const points = series.points || [];
     const chart = $("spread");
     clear(chart);
-    const width = 720, height = 220, pad = { l: 48, r: 12, t: 12, b: 24 };
+    const width = 1000, height = 240, pad = { l: 56, r: 12, t: 12, b: 24 };
     const values = points.map((p) => Number(p.value) || 0);
     const top = niceMax(Math.max(0, ...values));
     const x = (i) => pad.l + (points.length < 2 ? 0 : (i / (points.length - 1)) * (width - pad.l - pad.r));
@@ -305,6 +305,7 @@
   function drawTree(tree) {
     const chart = $("tree");
     clear(chart);
+    chart.hidden = false;
     const nodes = tree.nodes || [];
     const size = 600, centre = size / 2, margin = 24;
     const { order, levels } = radialLayout(nodes);
@@ -388,7 +389,7 @@
     const minutes = buzz.minutes || [];
     const chart = $("buzz");
     clear(chart);
-    const width = 720, height = 160, pad = { l: 48, r: 12, t: 10, b: 24 };
+    const width = 480, height = 160, pad = { l: 44, r: 8, t: 10, b: 24 };
     const start = new Date(buzz.start).getTime();
     const end = new Date(buzz.end).getTime();
     const span = Math.max(60000, end - start);
@@ -429,7 +430,7 @@
     clear(list);
     const top = [...terms].sort((a, b) => b[1] - a[1] || (a[0] < b[0] ? -1 : 1)).slice(0, 10);
     for (const [term, count] of top) list.append(el("li", `${term} (${count})`));
-    if (!top.length) list.append(el("li", "none", "muted"));
+    $("buzz-no-terms").hidden = top.length > 0;
   }
 
   async function loadAlerts() {
