@@ -24,6 +24,7 @@
     timer: null,
     running: false,
     again: false, // a refresh was asked for while one ran
+    paused: false, // the connect form is open
   };
 
   // ---- small DOM helpers (text only) ----------------------------------------------------
@@ -475,17 +476,24 @@
     ["alerts", loadAlerts],
   ];
 
-  /** 401: the key is gone or wrong, ask again. Returns whether it handled ``err``. */
+  /** 401: the key is missing or wrong: forget it and ask again. 403: the key cannot
+   * read this campaign: ask for another campaign or key. Returns whether it handled
+   * ``err``. */
   function handleAuth(err) {
-    if (!(err instanceof ApiError) || err.status !== 401) return false;
-    sessionStorage.removeItem(KEY_STORE);
-    state.key = null;
-    showConnect(`The server refused the key (${err.reason}): ${err.message}. Enter a read key.`);
+    if (!(err instanceof ApiError) || (err.status !== 401 && err.status !== 403)) return false;
+    if (err.status === 401) {
+      sessionStorage.removeItem(KEY_STORE);
+      state.key = null;
+      showConnect(`The server refused the key (${err.reason}): ${err.message}. Enter a read key.`);
+    } else {
+      showConnect(`This key cannot read campaign ${state.campaign} (${err.reason}): ` +
+        `${err.message}. Choose another campaign or key.`);
+    }
     return true;
   }
 
   async function refresh() {
-    if (!state.key) return;
+    if (!state.key || state.paused) return;
     if (state.running) {
       state.again = true;
       return;
@@ -522,7 +530,7 @@
 
   function schedule() {
     clearTimeout(state.timer);
-    if (state.key && $("live").checked && !document.hidden) {
+    if (state.key && !state.paused && $("live").checked && !document.hidden) {
       state.timer = setTimeout(refresh, REFRESH_MS);
     }
   }
@@ -530,17 +538,19 @@
   // ---- connect form -------------------------------------------------------------------------
 
   function showConnect(message) {
+    state.paused = true;
     clearTimeout(state.timer);
     $("board").hidden = true;
     $("controls").hidden = true;
     $("connect").hidden = false;
     $("connect-message").textContent = message || "";
     $("campaign").value = state.campaign || "";
-    $("key").value = "";
+    $("key").value = state.key || "";
     (state.campaign ? $("key") : $("campaign")).focus();
   }
 
   function start() {
+    state.paused = false;
     $("connect").hidden = true;
     $("board").hidden = false;
     $("controls").hidden = false;
