@@ -416,7 +416,7 @@ def test_share_chain_reaches_the_topic_the_cascade_and_the_dashboard(
     )
     assert stack.read_key not in board.url  # only in the header and sessionStorage
     assert board.evaluate("sessionStorage.getItem('viraltrace.readKey')") == stack.read_key
-    selected = board.get_attribute("#cascades tbody tr[aria-selected=true]", "data-root")
+    selected = board.get_attribute("#cascades tbody tr[aria-current=true]", "data-root")
     assert selected == root
     assert board.text_content("#tree-caption").startswith(f"Cascade {root}: 3 of 3 nodes drawn")
     drawn = board.eval_on_selector_all(

@@ -217,7 +217,7 @@
     for (const c of rows) {
       const tr = el("tr");
       tr.dataset.root = c.root;
-      tr.setAttribute("aria-selected", String(c.root === state.selected));
+      tr.setAttribute("aria-current", String(c.root === state.selected));
       const pick = el("button", c.root, "link");
       pick.type = "button";
       pick.setAttribute("aria-label", "Draw cascade " + c.root);
@@ -239,14 +239,14 @@
     // Nothing chosen yet: draw the first by the chosen order (refresh loads the tree).
     if (!state.selected && rows.length) {
       state.selected = rows[0].root;
-      body.rows[0].setAttribute("aria-selected", "true");
+      body.rows[0].setAttribute("aria-current", "true");
     }
   }
 
   async function select(root) {
     state.selected = root;
     for (const tr of $("cascades").tBodies[0].rows) {
-      tr.setAttribute("aria-selected", String(tr.dataset.root === root));
+      tr.setAttribute("aria-current", String(tr.dataset.root === root));
     }
     const section = $("tree").closest("section");
     try {
