@@ -108,11 +108,11 @@ def bearer_token(authorization: str | None) -> str | None:
     return token if scheme.lower() == "bearer" and token else None
 
 
-def missing_key(kind: str) -> ApiError:
+def missing_key(kind: str, reason: str = "unauthorized") -> ApiError:
     """401 for a request without a bearer key of ``kind`` (read, admin, ...)."""
     return ApiError(
         401,
-        "unauthorized",
+        reason,
         f"send Authorization: Bearer <{kind} key>",
         "authorization",
         headers={"WWW-Authenticate": "Bearer"},

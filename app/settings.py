@@ -79,9 +79,7 @@ class TrackingSettings(BaseModel):
 
     public_base_url: str = "http://127.0.0.1:8000"
     # Key id -> secret. The current key signs; every listed key verifies.
-    token_keys: dict[int, SecretStr] = Field(
-        default_factory=lambda: {1: SecretStr(DEV_TOKEN_KEY)}
-    )
+    token_keys: dict[int, SecretStr] = Field(default_factory=lambda: {1: SecretStr(DEV_TOKEN_KEY)})
     token_key_id: int = Field(1, ge=0, le=255)
     # Secret from which the daily visitor-hash salts are derived.
     salt_secret: SecretStr = SecretStr(DEV_SALT_SECRET)
@@ -238,15 +236,22 @@ class DatabaseSettings(BaseModel):
 
 
 class QuerySettings(BaseModel):
-    """The read API (``/v1/campaigns/...``).
+    """The read API (``/v1/campaigns/...``, ``/v1/cascades/...``; docs/query.md).
 
-    ``read_keys`` are bearer keys allowed to read every campaign, until the
-    control plane's scoped API keys exist. Comma-separated in the
-    environment. ``viraltrace up`` makes one under the data directory when
-    none is set.
+    ``read_keys`` are operator bearer keys allowed to read every campaign
+    (control-plane API keys with the ``read`` scope work too). Comma-separated
+    in the environment. ``viraltrace up`` makes one under the data directory
+    when none is set.
+
+    ``rollup_cache_buckets``: rollup buckets whose exact counts are kept in
+    memory, per API process (about 250 bytes each; 0: none, every read merges
+    every state in its range). ``tree_cache_size``: cascade trees kept with
+    their descendants, per API process (0: none).
     """
 
     read_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    rollup_cache_buckets: int = Field(50_000, ge=0)
+    tree_cache_size: int = Field(8, ge=0)
 
     @field_validator("read_keys", mode="before")
     @classmethod

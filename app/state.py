@@ -12,7 +12,7 @@ from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.bus.base import Bus, Record
-from app.db.keys import Principal
+from app.db.keys import Principal, authenticate, hash_key
 from app.enrich import Enricher
 from app.events import InvalidEvent
 from app.links import CampaignPolicy, LinkRegistry
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from app.ingest import PixelIngest
 
 DLQ_PAYLOAD_MAX_CHARS = 8192
+KEY_CACHE_MAX = 10_000
 
 
 @dataclass(slots=True)
@@ -49,8 +50,11 @@ class AppState:
     cors_origins: frozenset[str] = frozenset()
     # Campaigns whose /v1/events need a write key (empty: the check is skipped).
     write_key_campaigns: frozenset[str] = frozenset()
-    # sha256(key) -> principal (None: not a valid key); cleared on every refresh.
+    # sha256(key) -> principal (None: not a valid key); cleared on every refresh
+    # (app.links.LinkRefresher) and, for one key, when the admin API revokes it.
     key_cache: dict[str, Principal | None] = field(default_factory=dict)
+    # The query API's caches (app.routes.query), built on first use.
+    query_caches: Any = None
     # DNS for the webhook URL check (None: the system's); tests put a fake here.
     webhook_resolver: Resolver | None = None
     started_at: float = field(default_factory=time.time)
@@ -68,6 +72,22 @@ class AppState:
         if self.db is None:
             raise RuntimeError("the control-plane database is not open")
         return self.db
+
+    async def principal(self, key: str) -> Principal | None:
+        """The principal of an API key (None: unknown or revoked), from ``key_cache``
+        or the control-plane database. A key stays cached until the next refresh
+        (``tracking.links_cache_ttl_s``), so a revocation made elsewhere takes up to
+        that long. Raises ``SQLAlchemyError``/``OSError`` when the database cannot
+        be reached (nothing is cached then)."""
+        digest = hash_key(key)
+        if digest not in self.key_cache:
+            if len(self.key_cache) >= KEY_CACHE_MAX:
+                self.key_cache.clear()  # bounded: a flood of random keys cannot grow it
+            async with self.require_db()() as session:
+                principal = await authenticate(session, key)
+                await session.commit()  # last_used_at
+            self.key_cache[digest] = principal
+        return self.key_cache[digest]
 
     def webhook_guard(self) -> Guard:
         """The SSRF guard that checks webhook URLs as admins save them."""

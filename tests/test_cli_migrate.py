@@ -24,7 +24,7 @@ def test_migrate_applies_once_then_reports_up_to_date(
     lines = first.output.strip().splitlines()
     assert lines[0] == (
         "ClickHouse applied: 0001_events, 0002_events_dlq, 0003_rollups, 0004_cascades, "
-        "0005_events_net, 0006_buzz_alerts"
+        "0005_events_net, 0006_buzz_alerts, 0007_rollup_reads"
     )
     assert lines[1] == (
         f"database sqlite+aiosqlite:///{tmp_path / 'control.db'} applied: 0001, 0002, 0003, 0004"

@@ -391,12 +391,14 @@ async def get_api_key(key_id: int, session: Session, admin: Admin) -> KeyOut:
 
 
 @router.delete("/keys/{key_id}")
-async def revoke_api_key(key_id: int, session: Session, admin: Admin) -> KeyOut:
-    """Revokes the key (kept for the audit trail); a revoked key authenticates nothing."""
+async def revoke_api_key(key_id: int, session: Session, admin: Admin, state: StateDep) -> KeyOut:
+    """Revokes the key (kept for the audit trail); a revoked key authenticates nothing:
+    at once in this process, within one control-plane refresh in others."""
     row = await _key(session, admin, key_id)
     if row.revoked_at is None:
         row.revoked_at = datetime.now(UTC)
         await session.commit()
+    state.key_cache.pop(row.key_hash, None)
     return _key_out(KeyOut, row)
 
 
@@ -647,7 +649,6 @@ class RulePatch(Strict):
     min_volume: int | None = Field(None, ge=0)
     cooldown_s: int | None = Field(None, ge=0, le=30 * 86_400)
     enabled: bool | None = None
-
 
     @field_validator("thresholds")
     @classmethod

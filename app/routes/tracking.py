@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapte
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.bus.base import BusUnavailable, Record
-from app.db.keys import Principal, authenticate, hash_key
+from app.db.keys import Principal
 from app.errors import ApiError, JsonResponse, bearer_token
 from app.events import (
     CHANNEL_PATTERN,
@@ -41,7 +41,6 @@ router = APIRouter()
 CHANNEL_RE = re.compile(CHANNEL_PATTERN)
 
 JSON_TYPES = ("application/json", "text/plain")
-KEY_CACHE_MAX = 10_000
 
 
 # -- models --------------------------------------------------------------------
@@ -376,21 +375,13 @@ async def _principal(state: AppState, authorization: str | None) -> Principal | 
     key = bearer_token(authorization)
     if key is None:
         return None
-    digest = hash_key(key)
-    if digest not in state.key_cache:
-        if len(state.key_cache) >= KEY_CACHE_MAX:
-            state.key_cache.clear()  # bounded: a flood of random keys cannot grow it
-        try:
-            async with state.require_db()() as session:
-                principal = await authenticate(session, key)
-                await session.commit()
-        except (SQLAlchemyError, OSError) as exc:
-            # The control plane is down: the key cannot be checked now (not cached).
-            # Events of campaigns that need a key are refused, the others go through.
-            log.warning("cannot check an API key: %s", exc)
-            return None
-        state.key_cache[digest] = principal
-    return state.key_cache[digest]
+    try:
+        return await state.principal(key)
+    except (SQLAlchemyError, OSError) as exc:
+        # The control plane is down: the key cannot be checked now (not cached).
+        # Events of campaigns that need a key are refused, the others go through.
+        log.warning("cannot check an API key: %s", exc)
+        return None
 
 
 class EventsEnvelope(BaseModel):

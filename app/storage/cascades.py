@@ -80,11 +80,7 @@ async def campaign_cascades(ch: ClickHouse, campaign: str, top: int = 10) -> Cam
         int(value or 0) for value in totals
     )
 
-    async def spreaders(column: str) -> list[Spreader]:
-        rows = await ch.aquery_rows(_TOP_SQL, {**params, "column": column, "limit": top})
-        return [Spreader(str(r), str(n), int(c)) for r, n, c in rows]
-
-    channels = await ch.aquery_rows(_CHANNELS_SQL, params)
+    channels = await channel_mix(ch, campaign)
     buckets = dict.fromkeys(SIZE_BUCKETS, 0)
     for bucket, n in await ch.aquery_rows(_BUCKETS_SQL, params):
         buckets[str(bucket)] = int(n)
@@ -100,8 +96,25 @@ async def campaign_cascades(ch: ClickHouse, campaign: str, top: int = 10) -> Cam
         same_origin=same,
         inflated_clicks=inflated,
         orphans=orphans,
-        top_by_descendants=await spreaders("top_descendants"),
-        top_by_children=await spreaders("top_children"),
-        channels_by_generation=[(int(g), str(c), int(n)) for g, c, n in channels],
+        top_by_descendants=await top_spreaders(ch, campaign, "descendants", top),
+        top_by_children=await top_spreaders(ch, campaign, "children", top),
+        channels_by_generation=channels,
         size_buckets=buckets,
     )
+
+
+SPREADER_COLUMNS = {"descendants": "top_descendants", "children": "top_children"}
+
+
+async def top_spreaders(ch: ClickHouse, campaign: str, by: str, limit: int) -> list[Spreader]:
+    """The campaign's top sharers ``by`` descendants or direct children (flagged nodes
+    excluded), largest first, ties by node id descending; at most 10 per cascade."""
+    params = {"campaign": campaign, "column": SPREADER_COLUMNS[by], "limit": limit}
+    rows = await ch.aquery_rows(_TOP_SQL, params)
+    return [Spreader(str(r), str(n), int(c)) for r, n, c in rows]
+
+
+async def channel_mix(ch: ClickHouse, campaign: str) -> list[tuple[int, str, int]]:
+    """(generation, channel ('' = none), shares) over the campaign's cascades."""
+    rows = await ch.aquery_rows(_CHANNELS_SQL, {"campaign": campaign})
+    return [(int(g), str(c), int(n)) for g, c, n in rows]
