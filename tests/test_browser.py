@@ -21,6 +21,8 @@ import json
 import os
 import random
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -165,6 +167,7 @@ class Stack:
     bootstrap: str
     topic: str
     read_key: str
+    data_dir: Path
 
     @property
     def url(self) -> str:
@@ -179,6 +182,19 @@ class Stack:
         )
         assert response.status_code == 200, (path, response.status_code, response.text)
         return response.json()
+
+    def cli(self, *args: str) -> str:
+        """``viraltrace <args> --data-dir <the stack's>``: the control plane ``up`` uses."""
+        done = subprocess.run(
+            [sys.executable, "-m", "app.cli", *args, "--data-dir", str(self.data_dir)],
+            env=self.api.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
 
     def events(self, campaign: str, expected: int) -> list[dict[str, Any]]:
         """The campaign's events on the topic, read back from the broker (once ``expected``
@@ -242,7 +258,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     api.start()
     try:
         read_key = (data_dir / "read-key").read_text().strip()
-        yield Stack(api, site, bootstrap, topic, read_key)
+        yield Stack(api, site, bootstrap, topic, read_key, data_dir)
     finally:
         api.stop(signal.SIGINT)
         site.stop()
@@ -424,7 +440,13 @@ def test_share_chain_reaches_the_topic_the_cascade_and_the_dashboard(
     )
     assert drawn == sorted([root, child, grandchild])
     assert board.eval_on_selector_all("#tree line.edge", "ls => ls.length") == 2
-    assert "no channel" in board.text_content("#tree-legend")
+    box = board.locator("#tree").bounding_box()
+    assert board.is_visible("#tree") and box is not None and box["height"] > 200, box
+    # The link's root has no channel; the shares have theirs.
+    legend = board.eval_on_selector_all(
+        "#tree-legend li", "ls => ls.map(l => l.textContent.trim())"
+    )
+    assert legend == ["email", "social", "no channel"]
 
     # Live: a third share shows up without a reload (polling every 5 s).
     third = browser.new_context().new_page()
@@ -494,20 +516,57 @@ def test_the_dashboard_draws_the_first_page_of_a_large_tree_and_says_what_is_lef
         timeout=20_000,
     )
     assert board.eval_on_selector_all("#tree circle.node", "cs => cs.length") == 1_000
+    assert board.is_visible("#tree")
     caption = board.text_content("#tree-caption")
     assert caption.startswith(f"Cascade {root}: 1,000 of 1,300 nodes drawn (300 not shown"), caption
-    # Every node inside the 600 x 600 picture, and 4 channels plus "no channel" in the legend.
+    # Every node inside the 600 x 600 picture, and the 4 channels in the legend.
     inside = board.eval_on_selector_all(
         "#tree circle.node",
         "cs => cs.every(c => ['cx', 'cy'].every(a => {"
         " const v = Number(c.getAttribute(a)); return v >= 0 && v <= 600; }))",
     )
     assert inside
-    assert board.eval_on_selector_all("#tree-legend li", "ls => ls.length") == 5
+    legend = board.eval_on_selector_all(
+        "#tree-legend li", "ls => ls.map(l => l.textContent.trim())"
+    )
+    assert legend == ["email", "sms", "whatsapp", "x"]
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shot = ARTIFACTS / "dashboard-large-tree.png"
     board.screenshot(path=str(shot), full_page=True)
     print(f"large tree screenshot: {shot}")
+    assert problems == []
+
+
+def test_the_dashboard_asks_for_another_campaign_when_the_key_cannot_read_it(
+    stack: Stack, browser: Any
+) -> None:
+    """A control-plane read key limited to one campaign: 403 for another one."""
+    stack.cli("campaigns", "create", "scoped", "--name", "Scoped")
+    key = stack.cli("keys", "create", "--scope", "read", "--campaign", "scoped")
+    page = browser.new_context().new_page()
+    problems = watch(page)
+    page.goto(f"{stack.url}/dashboard?campaign={CAMPAIGN}")
+    page.fill("#key", key)
+    page.click("#connect button[type=submit]")
+    page.wait_for_function(
+        "() => document.getElementById('connect-message').textContent"
+        ".includes('cannot read campaign')",
+        timeout=10_000,
+    )
+    assert page.is_visible("#connect") and page.is_hidden("#board")
+    assert all("status of 403" in p for p in problems), problems
+    problems.clear()
+    # The key is kept for the next try; the campaign it can read opens.
+    assert page.evaluate("sessionStorage.getItem('viraltrace.readKey')") == key
+    page.fill("#campaign", "scoped")
+    page.click("#connect button[type=submit]")
+    page.wait_for_function(
+        "() => document.getElementById('status').textContent.startsWith('scoped: updated')",
+        timeout=10_000,
+    )
+    assert "failed" not in page.text_content("#status")
+    assert page.eval_on_selector_all(".panel-error:not([hidden])", "es => es.length") == 0
+    assert page.is_visible("#cascades-empty")  # an empty campaign: nothing to draw
     assert problems == []
 
 

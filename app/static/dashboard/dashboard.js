@@ -306,7 +306,7 @@
   function drawTree(tree) {
     const chart = $("tree");
     clear(chart);
-    chart.hidden = false;
+    chart.removeAttribute("hidden"); // an SVG element has no .hidden property
     const nodes = tree.nodes || [];
     const size = 600, centre = size / 2, margin = 24;
     const { order, levels } = radialLayout(nodes);
@@ -316,6 +316,10 @@
       item.y = centre + ring * item.level * Math.sin(item.angle);
     }
     const { names, colour } = channelColours(nodes);
+    // Area grows with descendants, up to half a ring so that generations stay apart.
+    const maxDescendants = Math.max(1, ...nodes.map((n) => n.descendants || 0));
+    const maxRadius = Math.min(18, Math.max(3, ring ? ring * 0.5 : 18));
+    const minRadius = Math.min(2.5, maxRadius / 2);
     const edges = svg("g", { class: "edges" });
     const dots = svg("g", { class: "nodes" });
     for (const item of order) {
@@ -327,7 +331,8 @@
       if (!item.node) continue;
       const n = item.node;
       const flags = n.flags || [];
-      const radius = Math.min(18, 3 + 1.6 * Math.sqrt(n.descendants || 0));
+      const radius =
+        minRadius + (maxRadius - minRadius) * Math.sqrt((n.descendants || 0) / maxDescendants);
       const dot = svg("circle", {
         class: "node" + (flags.length ? " flagged" : ""),
         cx: item.x.toFixed(1),
@@ -347,7 +352,9 @@
 
     const legend = $("tree-legend");
     clear(legend);
-    for (const [name, fill] of [...names.map((n) => [n, colour(n)]), ["no channel", NO_CHANNEL]]) {
+    const entries = names.map((name) => [name, colour(name)]);
+    if (nodes.some((n) => !n.channel)) entries.push(["no channel", NO_CHANNEL]);
+    for (const [name, fill] of entries) {
       const item = el("li");
       const swatch = svg("svg", { width: 12, height: 12, viewBox: "0 0 12 12", "aria-hidden": "true" });
       swatch.append(svg("circle", { cx: 6, cy: 6, r: 5, fill, stroke: "#1b1f24" }));
