@@ -84,4 +84,5 @@ echo "== lint"
 .venv/bin/ruff check app consumers tests
 .venv/bin/mypy
 echo "== tests (noida-db on $noida_port, tansu on $tansu_port)"
+echo "   browser test screenshots go to ${VIRALTRACE_TEST_ARTIFACTS:-$PWD/test-artifacts}"
 .venv/bin/python -m pytest "$@"
