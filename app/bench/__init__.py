@@ -12,6 +12,7 @@ from app.bench.alerts import alerts as _alerts
 from app.bench.cascades import cascades as _cascades
 from app.bench.forecast import forecast as _forecast
 from app.bench.ingest import ingest as _ingest
+from app.bench.query import query as _query
 from app.bench.sentiment import sentiment as _sentiment
 from app.bench.sink import latency as _latency
 from app.bench.sink import sink as _sink
@@ -26,5 +27,6 @@ bench.command("forecast")(_forecast)
 bench.command("cascades")(_cascades)
 bench.command("sentiment")(_sentiment)
 bench.command("alerts")(_alerts)
+bench.command("query")(_query)
 
 __all__ = ["bench"]

@@ -580,33 +580,19 @@ async def cascade_tree(
         raise ApiError(404, "not_found", "no such cascade", "root")
     cascade = readable[0]
     campaign = cascade.campaign
-    page = await _stored(read_page(clickhouse, campaign, root, limit + 1, after))
-    next_cursor = None
-    if len(page) > limit:
-        page = page[:limit]
-        last = page[-1]
-        next_cursor = _encode_cursor({"r": root, "d": last.depth, "t": last.ts, "n": last.id})
     trees = _caches(state).trees
     key = (campaign, root, cascade.version)
     tree = trees.get(key)
-    positions = None if tree is None else tree.positions([n.id for n in page])
-    if tree is None or positions is None:
-        # Read after the page, the tree holds every node of the page.
+    if tree is None:
         tree = await _stored(read_tree(clickhouse, campaign, root))
         trees.put(key, tree)
-        positions = tree.positions([n.id for n in page])
-        if positions is None:  # only if nodes were deleted (TTL) between the two reads
-            raise ApiError(
-                503,
-                "tree_changed",
-                "the tree changed while read; retry",
-                None,
-                headers={"Retry-After": "1"},
-            )
+    page, more = await _stored(read_page(clickhouse, campaign, root, tree, limit, after))
+    next_cursor = None
+    if more and page:
+        last = page[-1]
+        next_cursor = _encode_cursor({"r": root, "d": last.depth, "t": last.ts, "n": last.id})
     nodes, edges = [], []
-    descendants = tree.descendants[positions].tolist()
-    linked = tree.parent_linked[positions].tolist()
-    for node, below, has_parent in zip(page, descendants, linked, strict=True):
+    for node in page:
         nodes.append(
             {
                 "id": node.id,
@@ -616,12 +602,12 @@ async def cascade_tree(
                 "ts": iso_ms(node.ts),
                 "clicks": node.clicks,
                 "conversions": node.conversions,
-                "descendants": below,
+                "descendants": node.descendants,
                 "state": node.state,
                 "flags": flag_names(node.flags),
             }
         )
-        if has_parent and node.parent is not None:
+        if node.parent_linked and node.parent is not None:
             edges.append({"source": node.parent, "target": node.id})
     stats = dict(cascade.stats)
     stats["first_ts"] = iso_ms(stats["first_ts"])

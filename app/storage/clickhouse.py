@@ -316,26 +316,17 @@ class ClickHouse:
     ) -> list[NDArray[Any]]:
         """Run a query and return its columns as numpy arrays, in SELECT order. Blocks.
 
-        For large numeric results: values are decoded straight into arrays, with
-        no Python object per value. Select fixed-width, non-NULL types only
-        (integers, floats; ``ifNull`` NULLs away). An empty result is ``[]``
-        (clickhouse-connect does not keep the columns of an empty one).
+        For large numeric results: the answer travels as Arrow and its columns
+        become arrays without a Python object per value. Select fixed-width,
+        non-NULL types only (integers, floats; ``ifNull`` NULLs away).
         """
-        import numpy
-
         self._check_open()
         params = check_parameters(sql, parameters)
         try:
-            result = self._client.query_np(sql, parameters=params, use_none=False)
+            table = self._client.query_arrow(sql, parameters=params)
         except (ClickHouseError, OSError) as exc:
             raise _wrap(exc, "query failed") from exc
-        if result.size == 0:
-            return []
-        if result.dtype.names is not None:  # columns of several types: a structured array
-            return [numpy.ascontiguousarray(result[name]) for name in result.dtype.names]
-        if result.ndim == 1:
-            return [numpy.ascontiguousarray(result)]
-        return [numpy.ascontiguousarray(result[:, i]) for i in range(result.shape[1])]
+        return [column.to_numpy() for column in table.columns]
 
     def insert(
         self,

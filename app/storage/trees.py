@@ -1,18 +1,20 @@
 """One cascade for the query API: its latest stats and its tree, a page at a time.
 
-The tree is every ``cascade_nodes`` row of the cascade (attached, orphan and
-pending nodes, ``FINAL``), each linked to its parent when the parent is a row
-of the same cascade at a smaller depth. ``descendants`` of a node is the exact
-number of nodes below it along those links, over the WHOLE tree, whatever the
-page. For attached nodes and orphans this is the consumer's own subtree size
-minus one (the number behind ``top_descendants``); a pending node counts the
-pending nodes waiting under it.
+The tree is every node stored in ``cascade_nodes`` for the cascade (attached,
+orphan and pending nodes, latest version of each), each linked to its parent
+when the parent is a node of the same cascade at a smaller depth.
+``descendants`` of a node is the exact number of nodes below it along those
+links, over the WHOLE tree, whatever the page. For attached nodes and orphans
+this is the consumer's own subtree size minus one (the number behind
+``top_descendants``); a pending node counts the pending nodes waiting under it.
 
-Computing it reads three integer columns of every node (ids as UInt64, so no
-string is decoded) into numpy arrays and sums subtree sizes level by level,
-deepest first: O(n log n) for the sort, then one vectorized step per depth.
-``TreeCache`` keeps the result per (cascade, snapshot version), so the next
-pages of a tree that has not changed skip it.
+Building it reads six integer columns of every stored row (ids as UInt64, so
+no string is decoded; Arrow to numpy, no Python object per value), keeps each
+node's latest version, and sums subtree sizes level by level, deepest first:
+a few sorts, then one vectorized step per depth. The page's own details
+(channel, clicks, state, flags, parent id) are then read for its nodes only.
+``TreeCache`` keeps trees per (cascade, snapshot version), so the next pages
+of a tree that has not changed skip the build.
 
 Pages are breadth-first, ordered by (depth, ts, node id), with a keyset cursor
 on that triple: every node present when both pages are read is on exactly one
@@ -49,24 +51,25 @@ _STATS_FIELDS = (
     "growth_per_min", "doubling_s", "wiener", "virality", "valid_nodes", "valid_recruits",
     "self_referrals", "same_origin", "inflated",
 )  # fmt: skip
-# Ids are 16 hex digits: as UInt64 they sort like the strings and decode as numbers.
+# Every version of every node (deduplicated in numpy: cheaper than FINAL, which
+# merges the string key of every row). Ids are 16 hex digits: as UInt64 they
+# compare like the strings and travel as plain numbers.
 _TREE_SQL = """
 SELECT reinterpretAsUInt64(reverse(unhex(node))) AS id,
        reinterpretAsUInt64(reverse(unhex(ifNull(parent, '')))) AS parent_id,
        toUInt8(isNotNull(parent)) AS has_parent,
-       depth
-FROM cascade_nodes FINAL
+       depth,
+       toUnixTimestamp64Milli(ts) AS ts_ms,
+       version
+FROM cascade_nodes
 WHERE campaign = {campaign:String} AND root = {root:String}
-ORDER BY id
 """
-_PAGE_SQL = """
-SELECT node, parent, depth, channel, toUnixTimestamp64Milli(ts) AS t, clicks, conversions,
-       state, flags
-FROM cascade_nodes FINAL
-WHERE campaign = {campaign:String} AND root = {root:String}
-  AND (depth, t, node) > ({depth:UInt16}, {ts:Int64}, {node:String})
-ORDER BY depth, t, node
-LIMIT {limit:UInt32}
+# The page's nodes, every version (the latest is kept): a key-column filter, so
+# only their rows are read past the node column.
+_NODES_SQL = """
+SELECT node, version, parent, channel, clicks, conversions, state, flags
+FROM cascade_nodes
+WHERE campaign = {campaign:String} AND root = {root:String} AND node IN {nodes:Array(String)}
 """
 
 
@@ -106,93 +109,152 @@ async def read_cascades(ch: ClickHouse, root: str) -> list[StoredCascade]:
 
 
 class Tree:
-    """Every node of one cascade by id, with its parent link and its descendants."""
+    """Every node of one cascade: parent links, exact descendants, breadth-first order.
 
-    __slots__ = ("ids", "descendants", "parent_linked")
+    Arrays are indexed by position in ``ids`` (ascending); ``bfs`` lists the
+    positions in breadth-first order (depth, ts, id).
+    """
 
-    def __init__(self, ids: NDArray[Any], descendants: NDArray[Any], linked: NDArray[Any]):
+    __slots__ = ("ids", "depth", "ts", "descendants", "parent_linked", "bfs")
+
+    def __init__(
+        self,
+        ids: NDArray[Any],
+        depth: NDArray[Any],
+        ts: NDArray[Any],
+        descendants: NDArray[Any],
+        linked: NDArray[Any],
+        bfs: NDArray[Any],
+    ) -> None:
         self.ids = ids  # uint64, ascending
-        self.descendants = descendants  # int64, by position in ids
+        self.depth = depth  # int64
+        self.ts = ts  # int64, epoch ms
+        self.descendants = descendants  # int64
         self.parent_linked = linked  # bool: the node hangs under a node of the tree
+        self.bfs = bfs  # int64 positions
 
     def __len__(self) -> int:
         return len(self.ids)
 
-    def positions(self, nodes: list[str]) -> list[int] | None:
-        """Where each node id is in ``ids``; None when one of them is not in the tree."""
+    def page(self, limit: int, after: tuple[int, int, str] | None = None) -> list[int]:
+        """Positions of up to ``limit`` nodes in breadth-first order, after the
+        (depth, ts ms, id) ``after`` when given (which need not be a node)."""
         import numpy
 
-        if not nodes:
-            return []
-        wanted = numpy.array([int(node, 16) for node in nodes], dtype=numpy.uint64)
-        at = numpy.minimum(numpy.searchsorted(self.ids, wanted), max(len(self.ids) - 1, 0))
-        if len(self.ids) == 0 or not bool(numpy.all(self.ids[at] == wanted)):
-            return None
-        found: list[int] = at.tolist()
+        start = 0
+        if after is not None:
+            depth, ts, node = after
+            ordered_depth, ordered_ts = self.depth[self.bfs], self.ts[self.bfs]
+            ordered_ids = self.ids[self.bfs]
+            later = (ordered_depth > depth) | (
+                (ordered_depth == depth)
+                & (
+                    (ordered_ts > ts)
+                    | ((ordered_ts == ts) & (ordered_ids > numpy.uint64(int(node, 16))))
+                )
+            )
+            start = int(numpy.argmax(later)) if bool(later.any()) else len(self.bfs)
+        found: list[int] = self.bfs[start : start + limit].tolist()
         return found
 
 
 def build_tree(
-    ids: NDArray[Any], parents: NDArray[Any], has_parent: NDArray[Any], depth: NDArray[Any]
+    ids: NDArray[Any],
+    parents: NDArray[Any],
+    has_parent: NDArray[Any],
+    depth: NDArray[Any],
+    ts: NDArray[Any],
+    version: NDArray[Any],
 ) -> Tree:
-    """Subtree sizes from per-node arrays (``ids`` ascending, unique). Pure.
+    """The tree from every stored version of every node (one entry each). Pure.
 
-    A node's link counts only when its parent is a node of the tree at a smaller
-    depth, so the links form a forest whatever the rows say, and the sums end.
+    The latest version of each node wins, as ``FINAL`` would have it. A link
+    counts only when the parent is a node of the tree at a smaller depth, so
+    the links form a forest whatever the rows say, and the sums end.
     """
     import numpy
 
+    keep = _latest(ids, version)
+    ids = ids[keep]
+    parents, has_parent = parents[keep], has_parent[keep]
+    depth, ts = depth[keep].astype(numpy.int64), ts[keep].astype(numpy.int64)
     n = len(ids)
     if n == 0:
         empty = numpy.zeros(0, dtype=numpy.int64)
-        return Tree(ids, empty, numpy.zeros(0, dtype=bool))
-    depth = depth.astype(numpy.int64)
-    at = numpy.minimum(numpy.searchsorted(ids, parents), n - 1)
+        return Tree(ids, empty, empty, empty, numpy.zeros(0, dtype=bool), empty)
+    # Parent positions: sorted needles make the binary searches cache-friendly.
+    by_parent = numpy.argsort(parents, kind="stable")
+    at = numpy.empty(n, dtype=numpy.int64)
+    at[by_parent] = numpy.searchsorted(ids, parents[by_parent])
+    numpy.minimum(at, n - 1, out=at)
     linked = (has_parent != 0) & (ids[at] == parents) & (depth[at] < depth)
     parent = numpy.where(linked, at, -1)
+    # Breadth-first order (depth, ts, id): one packed key, sorted stably over
+    # positions already in id order (ties keep it). 16 bits of depth over 47
+    # bits of ms since the oldest node (4,400 years).
+    packed = (depth << 47) | (ts - ts.min())
+    bfs = numpy.argsort(packed, kind="stable")
     sizes = numpy.ones(n, dtype=numpy.int64)
-    order = numpy.argsort(depth, kind="stable")
-    ordered_depth = depth[order]
-    cuts = (numpy.flatnonzero(numpy.diff(ordered_depth)) + 1).tolist()
+    cuts = (numpy.flatnonzero(numpy.diff(depth[bfs])) + 1).tolist()
     starts, ends = [0, *cuts], [*cuts, n]
     if len(starts) * 32 > n:
         # Deep and thin (a chain): a vectorized step per level would cost more
         # than one plain pass over the nodes, deepest first.
         size_list = sizes.tolist()
         parent_list = parent.tolist()
-        for i in reversed(order.tolist()):
+        for i in reversed(bfs.tolist()):
             p = parent_list[i]
             if p >= 0:
                 size_list[p] += size_list[i]
         sizes = numpy.array(size_list, dtype=numpy.int64)
     else:
         for start, end in zip(reversed(starts), reversed(ends), strict=True):
-            level = order[start:end]
+            level = bfs[start:end]
             level = level[linked[level]]
             numpy.add.at(sizes, parent[level], sizes[level])
-    return Tree(ids, sizes - 1, linked)
+    return Tree(ids, depth, ts, sizes - 1, linked, bfs)
+
+
+def _latest(ids: NDArray[Any], version: NDArray[Any]) -> NDArray[Any]:
+    """Positions of each id's highest version, in ascending id order.
+
+    The rows come part by part, each part sorted by node, so a stable sort
+    (merging sorted runs) is cheap; only ids stored more than once need the
+    version compared.
+    """
+    import numpy
+
+    order = numpy.argsort(ids, kind="stable")
+    sorted_ids = ids[order]
+    versions = version[order]
+    first = numpy.ones(len(order), dtype=bool)
+    first[1:] = sorted_ids[1:] != sorted_ids[:-1]
+    if bool(first.all()):
+        return order
+    group = numpy.cumsum(first) - 1
+    top = numpy.maximum.reduceat(versions, numpy.flatnonzero(first))
+    best = numpy.flatnonzero(versions == top[group])
+    # Several rows of one id at its highest version are copies: keep the first.
+    unique = numpy.ones(len(best), dtype=bool)
+    unique[1:] = group[best][1:] != group[best][:-1]
+    keep: NDArray[Any] = order[best[unique]]
+    return keep
 
 
 async def read_tree(ch: ClickHouse, campaign: str, root: str) -> Tree:
     """The cascade's whole tree with exact descendants (see the module docstring)."""
-    import numpy
-
     columns = await ch.aquery_arrays(_TREE_SQL, {"campaign": campaign, "root": root})
-    if not columns:
-        empty = numpy.zeros(0, dtype=numpy.uint64)
-        return build_tree(empty, empty, empty, empty)
-    ids, parents, has_parent, depth = columns
-    return build_tree(ids, parents, has_parent, depth)
+    return build_tree(*columns)
 
 
 class TreeCache:
     """Trees by (campaign, root, snapshot version), least recently used out first.
 
     A snapshot version changes with every change of the cascade, so an entry is
-    the tree as of that snapshot. The consumer writes a cascade's node rows
-    before its snapshot, so a tree read between the two already holds the next
-    version's nodes: a page node missing from a cached tree makes the reader
-    build it again (``Tree.positions`` is None). ``size`` 0 turns it off.
+    the tree as of that snapshot (the consumer writes a cascade's node rows
+    before its snapshot, so it may hold a few nodes of the next one). Pages of
+    a cached tree list its nodes; their clicks, conversions, state and flags
+    are read fresh. ``size`` 0 turns it off.
     """
 
     def __init__(self, size: int) -> None:
@@ -231,37 +293,51 @@ class NodeRow:
     conversions: int
     state: str
     flags: int
+    descendants: int
+    parent_linked: bool
 
 
 async def read_page(
     ch: ClickHouse,
     campaign: str,
     root: str,
+    tree: Tree,
     limit: int,
     after: tuple[int, int, str] | None = None,
-) -> list[NodeRow]:
-    """Up to ``limit`` nodes in breadth-first order (depth, ts, id), after the
-    (depth, ts ms, id) ``after`` when given."""
-    depth, ts, node = after if after is not None else (0, -1, "")
-    rows = await ch.aquery_rows(
-        _PAGE_SQL,
-        {"campaign": campaign, "root": root, "depth": depth, "ts": ts, "node": node,
-         "limit": limit},
-    )  # fmt: skip
-    return [
-        NodeRow(
-            str(r[0]),
-            None if r[1] is None else str(r[1]),
-            int(r[2]),
-            None if r[3] is None else str(r[3]),
-            int(r[4]),
-            int(r[5]),
-            int(r[6]),
-            str(r[7]),
-            int(r[8]),
+) -> tuple[list[NodeRow], bool]:
+    """Up to ``limit`` nodes of ``tree`` in breadth-first order (depth, ts, id), after
+    the (depth, ts ms, id) ``after`` when given, with their latest stored details,
+    and whether more nodes follow. A node gone from storage since the tree was
+    read (TTL) is left out."""
+    positions = tree.page(limit + 1, after)
+    more = len(positions) > limit
+    positions = positions[:limit]
+    if not positions:
+        return [], more
+    nodes = [f"{int(tree.ids[p]):016x}" for p in positions]
+    rows = await ch.aquery_rows(_NODES_SQL, {"campaign": campaign, "root": root, "nodes": nodes})
+    latest: dict[str, tuple[Any, ...]] = {}
+    for row in rows:
+        held = latest.get(row[0])
+        if held is None or row[1] > held[1]:
+            latest[row[0]] = row
+    out = []
+    descendants = tree.descendants[positions].tolist()
+    linked = tree.parent_linked[positions].tolist()
+    depth, ts = tree.depth[positions].tolist(), tree.ts[positions].tolist()
+    for i, node in enumerate(nodes):
+        found = latest.get(node)
+        if found is None:
+            continue
+        _, _, parent, channel, clicks, conversions, state, flags = found
+        out.append(
+            NodeRow(
+                node, None if parent is None else str(parent), depth[i],
+                None if channel is None else str(channel), ts[i], int(clicks),
+                int(conversions), str(state), int(flags), descendants[i], linked[i],
+            )
         )  # fmt: skip
-        for r in rows
-    ]
+    return out, more
 
 
 def flag_names(flags: int) -> list[str]:
