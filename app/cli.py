@@ -41,8 +41,14 @@ def serve(
         import uvicorn
 
         uvicorn.run(
-            "app.main:app_from_env", factory=True, host=host, port=port, workers=workers,
-            access_log=False, log_config=None, lifespan="on",
+            "app.main:app_from_env",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            access_log=False,
+            log_config=None,
+            lifespan="on",
         )
         return
     if server != "granian":
@@ -51,8 +57,14 @@ def serve(
     from granian.server import Server
 
     Server(
-        "app.main:app_from_env", address=host, port=port, interface=Interfaces.ASGI,
-        workers=workers, factory=True, log_access=False, loop=Loops.uvloop,
+        "app.main:app_from_env",
+        address=host,
+        port=port,
+        interface=Interfaces.ASGI,
+        workers=workers,
+        factory=True,
+        log_access=False,
+        loop=Loops.uvloop,
     ).serve()
 
 
@@ -84,6 +96,7 @@ def up(
     typer.echo(f"  pixel    {base}/p.gif?c=<campaign>")
     typer.echo(f"  events   {base}/v1/events   shares {base}/v1/shares")
     typer.echo(f"  summary  {base}/v1/campaigns/<campaign>/summary")
+    typer.echo(f"  live     {base}/dashboard   snippet {base}/t.js")
     if read_key is not None:
         typer.echo(f"  read key {read_key}   (from {settings.data_dir / 'read-key'})")
     typer.echo(f"  health   {base}/healthz     metrics {base}/metrics   docs {base}/docs")
