@@ -924,10 +924,10 @@ async def test_consumer_probes_hit_the_real_consumer_endpoint(
 ) -> None:
     """The consumers' Kubernetes probes and scrape path, and the image's health check in
     a consumer container, against the endpoint `viraltrace consume` serves."""
-    from consumers.exporter import serve_consumer_metrics
     from prometheus_client import CollectorRegistry
 
     from app.settings import ConsumerSettings
+    from consumers.exporter import serve_consumer_metrics
 
     probes, scrapes = k8s_http_paths("consume")
     port = _free_port()
