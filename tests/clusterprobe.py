@@ -65,10 +65,14 @@ def literal(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def sample_value(type_: str) -> str:
+# Identifier parameters by name: the column they stand for in the query that has them.
+_IDENTIFIERS = {"column": "top_descendants", "key": "size"}
+
+
+def sample_value(type_: str, name: str = "") -> str:
     """A parameter value of ``type_`` in the text form chdb binds."""
     if type_ == "Identifier":
-        return "top_descendants"  # the one Identifier parameter (cascades' top spreaders)
+        return _IDENTIFIERS[name]  # a KeyError names a new Identifier parameter to add
     if type_.startswith("Array("):
         return "[]"
     if type_.startswith("DateTime"):
@@ -77,6 +81,10 @@ def sample_value(type_: str) -> str:
         return "campaign"
     if re.fullmatch(r"U?Int\d+", type_):
         return "1"
+    if type_ == "Bool":
+        return "true"
+    if re.fullmatch(r"Float\d+", type_):
+        return "1.5"
     raise ValueError(f"no sample value for {type_}")
 
 
@@ -149,7 +157,7 @@ def main(workdir: Path) -> dict[str, Any]:
     )
     queries = []
     for label, sql in read_queries():
-        parameters = {n: sample_value(t) for n, t in _PARAMETER.findall(sql)}
+        parameters = {n: sample_value(t, n) for n, t in _PARAMETER.findall(sql)}
         try:
             connection.query(sql, "JSONCompactEachRow", params=parameters)
             error = None

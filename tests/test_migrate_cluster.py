@@ -131,7 +131,11 @@ def test_cluster_rendering_of_every_migration() -> None:
         # Only the name, the clause and the engine change: the columns and every
         # clause after the engine (partitioning, sorting key, TTL, settings) stay.
         original_engine = f"ENGINE = {engine}{f'({args})' if args else ''}"
-        assert local.split(f"\nENGINE = {replicated}", 1)[1] == single.split(original_engine, 1)[1]
+        # A table filled AS SELECT (visitors_per_month) fills from its shard's own rows.
+        single_tail = single.split(original_engine, 1)[1].replace(
+            "\nFROM events\n", "\nFROM events_local\n"
+        )
+        assert local.split(f"\nENGINE = {replicated}", 1)[1] == single_tail
         assert column_list(local) == column_list(single) == column_list(distributed)
         key = SHARDING_KEYS[table]
         assert distributed.endswith(
@@ -139,7 +143,7 @@ def test_cluster_rendering_of_every_migration() -> None:
             f"{', ' + key if key else ''})"
         )
     views = [s for s in rendered if s.startswith("CREATE MATERIALIZED VIEW")]
-    assert len(views) == 2
+    assert len(views) == 3
     for view in views:
         (target,) = re.findall(r"\bTO (\w+)", view)
         (source,) = re.findall(r"\bFROM (\w+)", view)
@@ -147,7 +151,23 @@ def test_cluster_rendering_of_every_migration() -> None:
         assert SHARDING_KEYS[target.removesuffix("_local")] is None
     alters = [s for s in rendered if s.startswith("ALTER")]
     net = "ADD COLUMN IF NOT EXISTS net Nullable(String) AFTER visitor"
-    assert alters == [f"ALTER TABLE events_local {ON} {net}", f"ALTER TABLE events {ON} {net}"]
+    rows = "ADD COLUMN IF NOT EXISTS rows SimpleAggregateFunction(sum, UInt64)"
+    column_alters = [a for a in alters if " MODIFY QUERY" not in a]
+    assert column_alters == [
+        f"ALTER TABLE events_local {ON} {net}",
+        f"ALTER TABLE events {ON} {net}",
+        f"ALTER TABLE events_per_minute_local {ON} {rows}",
+        f"ALTER TABLE events_per_minute {ON} {rows}",
+        f"ALTER TABLE events_per_hour_local {ON} {rows}",
+        f"ALTER TABLE events_per_hour {ON} {rows}",
+    ]
+    # A view's new query reads the local table, like its CREATE; views keep their names.
+    new_queries = [a for a in alters if " MODIFY QUERY" in a]
+    assert [re.match(r"ALTER TABLE (\w+) ", a).group(1) for a in new_queries] == [  # type: ignore[union-attr]
+        "events_per_minute_mv",
+        "events_per_hour_mv",
+    ]
+    assert all(re.findall(r"\bFROM (\w+)", a) == ["events_local"] for a in new_queries)
     assert len(rendered) == len(creates) + len(views) + len(alters)
 
 
@@ -245,6 +265,16 @@ KEYS: dict[str, str | None] = {"t": "cityHash64(k)", "r": None}
         ([TABLE, ROLLUP, VIEW], {"t": "cityHash64(k)", "r": "cityHash64(k)"},
          "sharding key must be None"),
         ([TABLE, ROLLUP], KEYS, "no materialized view writes it"),
+        ([TABLE, ROLLUP.replace("ORDER BY k", "ORDER BY k AS SELECT k, count() AS n FROM t "
+          "GROUP BY k"), VIEW], {"t": "cityHash64(k)", "r": "cityHash64(k)"},
+         "filled AS SELECT on each shard"),
+        ([TABLE, ROLLUP.replace("ORDER BY k", "ORDER BY k AS SELECT k FROM t JOIN r USING k")],
+         KEYS, "JOIN"),
+        ([TABLE, ROLLUP.replace("ORDER BY k", "ORDER BY k AS k")], KEYS, "must be AS SELECT"),
+        ([TABLE, ROLLUP, "ALTER TABLE w MODIFY QUERY SELECT k, count() AS n FROM t GROUP BY k"],
+         KEYS, "view w is not created by these migrations"),
+        ([TABLE, ROLLUP, VIEW, "ALTER TABLE v MODIFY QUERY SELECT k, 1 AS n FROM numbers(2)"],
+         KEYS, "table function numbers"),
         (["ALTER TABLE other ADD COLUMN y UInt8"], KEYS, "other is not a MergeTree table"),
         ([TABLE, "ALTER TABLE t DELETE WHERE k = ''"], KEYS, "ALTER action DELETE WHERE"),
         ([TABLE, "ALTER TABLE t ADD COLUMN y UInt8, MODIFY TTL toDate('2030-01-01')"], KEYS,
@@ -382,7 +412,9 @@ def test_cluster_ddl_on_the_real_engine(probe: dict[str, Any]) -> None:
     statements = probe["statements"]
     # Every statement, ON CLUSTER included, parses; every one but the ALTERs ran.
     assert all(" ON CLUSTER vt " in s["formatted"] for s in statements)
-    assert [s["formatted"].split()[0] for s in statements if not s["executed"]] == ["ALTER"] * 2
+    alters = [s for s in statements if s["formatted"].startswith("ALTER")]
+    assert len(alters) == 8  # 0005's net column, 0007's rows columns and view queries
+    assert [s["formatted"].split()[0] for s in statements if not s["executed"]] == ["ALTER"] * 8
     tables = {name: (engine, full, create) for name, engine, full, create in probe["tables"]}
     replicas = {table: (path, replica) for table, path, replica in probe["replicas"]}
     columns = dict(probe["columns"])
@@ -404,12 +436,12 @@ def test_cluster_ddl_on_the_real_engine(probe: dict[str, Any]) -> None:
     views = {
         name: create for name, (engine, _, create) in tables.items() if engine == "MaterializedView"
     }
-    assert set(views) == {"events_per_minute_mv", "events_per_hour_mv"}
+    assert set(views) == {"events_per_minute_mv", "events_per_hour_mv", "visitors_per_month_mv"}
     for name, create in views.items():
         target = name.removesuffix("_mv")
         assert f" TO vtdb.{target}_local " in create and " FROM vtdb.events_local " in create
     assert Counter(e for e, _, _ in tables.values()) == Counter(
-        {"Distributed": len(SHARDING_KEYS), "MaterializedView": 2}
+        {"Distributed": len(SHARDING_KEYS), "MaterializedView": 3}
     ) + Counter(f"Replicated{e}" for e, _, _ in merge_tree_tables().values()) + Counter(
         {"ReplicatedReplacingMergeTree": 1}
     )
@@ -417,7 +449,8 @@ def test_cluster_ddl_on_the_real_engine(probe: dict[str, Any]) -> None:
     # Distributed tables (FINAL, ARRAY JOIN, IN subqueries, -Merge aggregates).
     queries = {q["name"]: q["error"] for q in probe["queries"]}
     assert {
-        "app.routes.query.SUMMARY_SQL",
+        "app.storage.query._SUMMARY_SQL",
+        "app.storage.query._CASCADES_SQL",
         "app.storage.cascades._TOTALS_SQL",
         "app.storage.alerts._ALERTS_SQL",
         "consumers.cascades.pipeline._NODES_SQL",

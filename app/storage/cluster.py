@@ -65,6 +65,7 @@ SHARDING_KEYS: Mapping[str, str | None] = {
     "events_dlq": "cityHash64(topic, partition, offset)",
     "events_per_minute": None,  # events_per_minute_mv on each shard's events_local
     "events_per_hour": None,  # events_per_hour_mv
+    "visitors_per_month": None,  # filled from events, then visitors_per_month_mv
     # One cascade per shard: FINAL per shard is exact, and a restore by root
     # reads one shard.
     "cascade_nodes": "cityHash64(root)",
@@ -323,6 +324,7 @@ class _Renderer:
         self.sharding_keys = sharding_keys
         self.tables: dict[str, str | None] = {}  # sharded table -> its key
         self.view_targets: set[str] = set()
+        self.views: dict[str, str] = {}  # materialized view -> its target table
 
     def render(self, statement: str) -> list[str]:
         tokens = tokenize(statement)
@@ -337,6 +339,8 @@ class _Renderer:
         if words == ["CREATE", "MATERIALIZED", "VIEW"]:
             return [self._create_view(statement, tokens)]
         if words[:2] == ["ALTER", "TABLE"]:
+            if [t.upper for t in tokens[3:5]] == ["MODIFY", "QUERY"]:
+                return self._modify_query(statement, tokens)
             return self._alter(statement, tokens)
         raise ValueError(
             "not a statement the cluster transformer handles (CREATE TABLE IF NOT EXISTS with a "
@@ -358,9 +362,15 @@ class _Renderer:
         engine_at = next((i for i, t in _top_level(rest) if t.upper == "ENGINE"), None)
         if engine_at is None or engine_at + 2 >= len(rest) or rest[engine_at + 1].text != "=":
             raise ValueError("expected ENGINE = <engine> after the column list")
-        for _, token in _top_level(rest):
-            if token.upper in ("AS", "EMPTY", "CLONE"):
+        fill_at = None
+        for index, token in _top_level(rest):
+            if token.upper in ("EMPTY", "CLONE"):
                 raise ValueError(f"{token.text} after the column list is not handled")
+            if token.upper == "AS":
+                if index + 1 >= len(rest) or rest[index + 1].upper != "SELECT":
+                    raise ValueError("AS after the column list must be AS SELECT")
+                fill_at = index
+                break
         engine = rest[engine_at + 2]
         if engine.text.startswith(("Replicated", "Shared")):
             raise ValueError(f"engine {engine.text} is already replicated")
@@ -380,11 +390,23 @@ class _Renderer:
                 "written only by materialized views) in app/storage/cluster.py SHARDING_KEYS"
             )
         key = self.sharding_keys[name.text]
-        self.tables[name.text] = key
         on = self.spec.on_cluster
+        tail = statement[engine_end:]
+        if fill_at is not None:
+            # Filled from what a sharded table already holds: each node fills its
+            # local table from its own local rows, so (as for a view's target) the
+            # rows sit where their source rows sit and the table can have no key.
+            if key is not None:
+                raise ValueError(
+                    f"table {name.text} is filled AS SELECT on each shard, so its sharding key "
+                    "must be None in SHARDING_KEYS (its rows sit where their source rows sit)"
+                )
+            source, source_local = self._one_source(rest[fill_at + 1 :])
+            tail = f"{statement[engine_end : source.start]}{source_local}{statement[source.end :]}"
+        self.tables[name.text] = key
         local_ddl = (
             f"{statement[: name.end]}{LOCAL_SUFFIX} {on}{statement[name.end : engine.start]}"
-            f"{self.spec.replicated_engine(engine.text, local, args)}{statement[engine_end:]}"
+            f"{self.spec.replicated_engine(engine.text, local, args)}{tail}"
         )
         columns = statement[tokens[6].start : tokens[columns_end].end]
         sharding = f", {key}" if key is not None else ""
@@ -429,7 +451,18 @@ class _Renderer:
             )
         if tokens[9].upper != "AS" or tokens[10].upper != "SELECT":
             raise ValueError("expected AS SELECT after the target table (POPULATE is not handled)")
-        select = tokens[10:]
+        source, source_local = self._one_source(tokens[10:])
+        self.view_targets.add(target.text)
+        self.views[view.text] = target.text
+        return (
+            f"{statement[: view.end]} {self.spec.on_cluster}{statement[view.end : target.start]}"
+            f"{target_local}{statement[target.end : source.start]}{source_local}"
+            f"{statement[source.end :]}"
+        )
+
+    def _one_source(self, select: list[Token]) -> tuple[Token, str]:
+        """The one sharded table a view's (or a filled table's) SELECT reads, and
+        its local name; ``ValueError`` for anything that reads more or elsewhere."""
         uppers = [t.upper for t in select]
         for word in ("JOIN", "UNION", "INTERSECT", "EXCEPT", "WITH"):
             if word in uppers:
@@ -443,13 +476,19 @@ class _Renderer:
         source = _plain_name(select, from_at + 1, "source table")
         if from_at + 2 < len(select) and select[from_at + 2].text == "(":
             raise ValueError(f"table function {source.text}(...) is not handled")
-        source_local = self._sharded(source, "source table")
-        self.view_targets.add(target.text)
-        return (
-            f"{statement[: view.end]} {self.spec.on_cluster}{statement[view.end : target.start]}"
-            f"{target_local}{statement[target.end : source.start]}{source_local}"
-            f"{statement[source.end :]}"
-        )
+        return source, self._sharded(source, "source table")
+
+    def _modify_query(self, statement: str, tokens: list[Token]) -> list[str]:
+        """``ALTER TABLE <view> MODIFY QUERY SELECT ...``: on every node, reading
+        the source's local table, like the view's CREATE."""
+        view = _plain_name(tokens, 2, "view")
+        if view.text not in self.views:
+            raise ValueError(f"view {view.text} is not created by these migrations")
+        source, source_local = self._one_source(tokens[5:])
+        return [
+            f"{statement[: view.end]} {self.spec.on_cluster}{statement[view.end : source.start]}"
+            f"{source_local}{statement[source.end :]}"
+        ]
 
     def _alter(self, statement: str, tokens: list[Token]) -> list[str]:
         name = _plain_name(tokens, 2, "table")
