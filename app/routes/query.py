@@ -448,29 +448,13 @@ async def campaign_cascades_route(
     next_cursor = None
     if len(rows) > limit:
         rows = rows[:limit]
-        last = rows[-1]
-        next_cursor = _encode_cursor({"c": campaign, "o": order_by, "k": last.key, "r": last.root})
+        last, key = rows[-1]
+        next_cursor = _encode_cursor({"c": campaign, "o": order_by, "k": key, "r": last["root"]})
     return JsonResponse(
         {
             "campaign": campaign,
             "order_by": order_by,
-            "cascades": [
-                {
-                    "root": r.root,
-                    "size": r.size,
-                    "reach": r.reach,
-                    "depth": r.depth,
-                    "max_breadth": r.max_breadth,
-                    "virality": r.virality,
-                    "growth_per_min": r.growth_per_min,
-                    "clicks": r.clicks,
-                    "conversions": r.conversions,
-                    "first_ts": iso_ms(r.first_ts),
-                    "last_ts": iso_ms(r.last_ts),
-                    "forecast_size": r.forecast_size,
-                }
-                for r in rows
-            ],
+            "cascades": [row for row, _ in rows],
             "next_cursor": next_cursor,
         }
     )

@@ -146,9 +146,11 @@ class RollupCounts:
         end: int,
         *,
         visitors: bool = False,
+        current: list[tuple[int, int]] | None = None,
     ) -> dict[int, Bucket]:
         """Buckets of ``step`` seconds (aligned to the epoch) in ``[start, end)`` (epoch
-        seconds) that hold events, by bucket start. Two queries at most."""
+        seconds) that hold events, by bucket start. Two queries at most; one when
+        ``current``, the (bucket, sum(rows)) pairs of the range, is given."""
         params: dict[str, Any] = {
             "table": table,
             "campaign": campaign,
@@ -156,7 +158,8 @@ class RollupCounts:
             "start": start,
             "end": end,
         }
-        current = await ch.aquery_rows(_FINGERPRINT_SQL, params)
+        if current is None:
+            current = [(int(b), int(r)) for b, r in await ch.aquery_rows(_FINGERPRINT_SQL, params)]
         out: dict[int, Bucket] = {}
         stale: list[int] = []
         cache = self._cache
@@ -216,8 +219,12 @@ async def timeseries(
 
 # ---- summary ---------------------------------------------------------------------------
 
+# One round trip when every hour is cached: the hours' sum(rows) come along.
 _SUMMARY_SQL = """
 SELECT
+    (SELECT groupArray((b, r)) FROM (
+        SELECT toUInt32(bucket) AS b, sum(rows) AS r FROM events_per_hour
+        WHERE campaign = {campaign:String} GROUP BY b)),
     (SELECT uniqMerge(visitors) FROM visitors_per_month WHERE campaign = {campaign:String}),
     (SELECT count() FROM alerts FINAL WHERE campaign = {campaign:String} AND state = 'open'),
     count(), sum(valid_nodes), sum(valid_recruits), sum(clicks), sum(conversions),
@@ -241,13 +248,16 @@ class CampaignSummary:
 async def campaign_summary(ch: ClickHouse, counts: RollupCounts, campaign: str) -> CampaignSummary:
     """Events by type over the campaign's whole retention (hourly rollup), unique
     visitors (approximate, ``visitors_per_month``), cascade totals and open alerts."""
-    hours = await counts.read(ch, "events_per_hour", campaign, 3600, *ALL_TIME)
+    [row] = await ch.aquery_rows(_SUMMARY_SQL, {"campaign": campaign})
+    hour_rows, visitors, open_alerts, cascades, valid, recruits, clicks, conversions, root, size = (
+        row
+    )
+    current = [(int(b), int(r)) for b, r in hour_rows]
+    hours = await counts.read(ch, "events_per_hour", campaign, 3600, *ALL_TIME, current=current)
     totals = [0] * len(TYPES)
     for bucket in hours.values():
         for i, n in enumerate(bucket.events):
             totals[i] += n
-    [row] = await ch.aquery_rows(_SUMMARY_SQL, {"campaign": campaign})
-    visitors, open_alerts, cascades, valid, recruits, clicks, conversions, root, size = row
     return CampaignSummary(
         events=dict(zip(TYPES, totals, strict=True)),
         unique_visitors=int(visitors or 0),
@@ -343,32 +353,16 @@ LIMIT {limit:UInt32}
 """
 
 
-@dataclass(frozen=True, slots=True)
-class CascadeRow:
-    root: str
-    size: int
-    reach: int
-    depth: int
-    max_breadth: int
-    virality: float
-    growth_per_min: float
-    clicks: int
-    conversions: int
-    first_ts: int
-    last_ts: int
-    forecast_size: float | None
-    key: float  # the value ordered by, for the next page's cursor
-
-
 async def cascades(
     ch: ClickHouse,
     campaign: str,
     order_by: str,
     limit: int,
     after: tuple[float, str] | None = None,
-) -> list[CascadeRow]:
+) -> list[tuple[dict[str, Any], float]]:
     """The campaign's cascades (latest snapshots), descending by ``order_by`` then root,
-    starting after ``after`` (the last row's (key, root)) when given."""
+    starting after ``after`` (the last row's (key, root)) when given: each as its
+    API row and the value ordered by (for the next page's cursor)."""
     rows = await ch.aquery_rows(
         _CASCADES_SQL,
         {
@@ -381,19 +375,21 @@ async def cascades(
         },
     )
     return [
-        CascadeRow(
-            str(r[0]),
-            int(r[1]),
-            int(r[2]),
-            int(r[3]),
-            int(r[4]),
-            float(r[5]),
-            float(r[6]),
-            int(r[7]),
-            int(r[8]),
-            int(r[9]),
-            int(r[10]),
-            None if r[11] is None else float(r[11]),
+        (
+            {
+                "root": str(r[0]),
+                "size": int(r[1]),
+                "reach": int(r[2]),
+                "depth": int(r[3]),
+                "max_breadth": int(r[4]),
+                "virality": float(r[5]),
+                "growth_per_min": float(r[6]),
+                "clicks": int(r[7]),
+                "conversions": int(r[8]),
+                "first_ts": iso_ms(int(r[9])),
+                "last_ts": iso_ms(int(r[10])),
+                "forecast_size": None if r[11] is None else float(r[11]),
+            },
             r[12],
         )  # fmt: skip
         for r in rows
