@@ -457,6 +457,13 @@ def test_cluster_ddl_on_the_real_engine(probe: dict[str, Any]) -> None:
         "consumers.alerts.pipeline._WINDOWS_SQL",
         "consumers.alerts.explain._BRANCHES_SQL",
     } <= set(queries)
-    assert {name: error for name, error in queries.items() if error} == {}
+    # A query that reads a column only an ALTER adds (0007's rollup `rows`) fails
+    # here for that reason alone: the ALTERs cannot run on chdb's read-only replicas.
+    altered = {q["name"]: q["reads_altered"] for q in probe["queries"] if q["reads_altered"]}
+    assert "app.storage.query._SUMMARY_SQL" in altered
+    for name, columns in altered.items():
+        error = queries[name]
+        assert error is None or any(f"identifier `{c}`" in error for c in columns), (name, error)
+    assert {name: error for name, error in queries.items() if error and name not in altered} == {}
     # The single-node runner refuses a database migrated in cluster mode.
     assert "migrated in cluster mode" in probe["single_mode_refusal"]
