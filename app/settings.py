@@ -352,6 +352,12 @@ class WebhookSettings(BaseModel):
     concurrency: int = Field(16, ge=1, le=1_000)
     # A claimed delivery whose notifier died mid-attempt is attempted again after this.
     lease_s: float = Field(60.0, gt=0)
+    # Finished deliveries (delivered, failed, dead) and their attempt log are deleted
+    # this many days after they were enqueued (longer than any retry schedule), so
+    # the outbox does not grow forever; pending ones are never deleted.
+    retention_days: float = Field(30.0, gt=0)
+    # How often a notifier looks for expired deliveries.
+    prune_interval_s: float = Field(3600.0, gt=0)
 
     @field_validator("allowed_hosts", "retry_schedule_s", mode="before")
     @classmethod

@@ -21,7 +21,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db.keys import new_webhook_secret
-from app.db.models import WebhookDelivery, WebhookEndpoint
+from app.db.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from app.settings import WebhookSettings
 from app.webhooks.client import VettingBackend, new_client, send_attempt
 from app.webhooks.outbox import (
@@ -601,3 +601,52 @@ async def test_two_notifiers_on_one_database_never_send_an_attempt_twice(
         ]
         assert sum(v or 0 for v in sent_by) == 40
         assert all(sent_by), sent_by  # both took part
+
+
+# ---- retention ----------------------------------------------------------------------
+
+
+async def test_finished_deliveries_and_their_attempts_are_pruned_after_retention(
+    database_url: str, tmp_path: Path
+) -> None:
+    """The notifier deletes delivered, failed and dead deliveries older than the
+    retention, with their attempt log; pending ones (still owed) and recent ones stay."""
+    settings = webhook_settings(tmp_path, database_url, retention_days=30)
+    clock = FakeClock()
+    async with outbox_db(database_url) as sessions, receiving() as receiver:
+        await listening(sessions, receiver)
+        for n in range(6):
+            await send(sessions, f"evt-{n}")
+        clock.advance(1)  # the deliveries were enqueued at the real time: now due
+        await run_until_settled(settings, sessions, 6, clock=clock)
+        rows = await deliveries(sessions)
+        assert [len(await attempt_log(sessions, d.id)) for d in rows] == [1] * 6
+        old = clock() - timedelta(days=31)
+        recent = clock() - timedelta(days=29)
+        # (state, enqueued at) per delivery: three expired finished ones, an expired
+        # pending one, a recent finished one and a recent pending one.
+        plan = [
+            ("delivered", old), ("failed", old), ("dead", old),
+            ("pending", old), ("delivered", recent), ("pending", recent),
+        ]  # fmt: skip
+        async with sessions() as session:
+            for delivery, (state, created) in zip(rows, plan, strict=True):
+                await session.execute(
+                    update(WebhookDelivery)
+                    .where(WebhookDelivery.id == delivery.id)
+                    .values(
+                        state=state, created_at=created, next_attempt_at=clock() + timedelta(days=9)
+                    )
+                )
+            await session.commit()
+        async with notifier(settings, sessions, clock=clock):
+            await until(lambda: _count_deliveries(sessions, 3), what="the expired deliveries to go")
+        kept = await deliveries(sessions)
+        assert [d.id for d in kept] == [rows[3].id, rows[4].id, rows[5].id]
+        async with sessions() as session:
+            attempts = await session.scalars(select(WebhookAttempt.delivery_id))
+            assert sorted(set(attempts)) == [rows[3].id, rows[4].id, rows[5].id]
+
+
+async def _count_deliveries(sessions: Sessions, count: int) -> bool:
+    return len(await deliveries(sessions)) == count

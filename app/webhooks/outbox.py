@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.keys import new_webhook_secret
@@ -337,6 +337,36 @@ async def count_pending(session: AsyncSession) -> int:
         select(func.count()).select_from(WebhookDelivery).where(WebhookDelivery.state == "pending")
     )
     return int(result or 0)
+
+
+FINISHED_STATES = ("delivered", "failed", "dead")
+
+
+async def prune_finished(session: AsyncSession, *, before: datetime, batch: int = 5_000) -> int:
+    """Deletes finished deliveries enqueued before ``before``, with their attempt
+    log, ``batch`` deliveries per transaction (commits each); returns how many.
+    Pending deliveries are kept whatever their age: they are still owed."""
+    removed = 0
+    while True:
+        ids = list(
+            await session.scalars(
+                select(WebhookDelivery.id)
+                .where(
+                    WebhookDelivery.state.in_(FINISHED_STATES),
+                    WebhookDelivery.created_at < before,
+                )
+                .order_by(WebhookDelivery.id)
+                .limit(batch)
+            )
+        )
+        if not ids:
+            return removed
+        # Attempts first and explicitly: the foreign key cascades, but not on a
+        # database opened without foreign-key enforcement.
+        await session.execute(delete(WebhookAttempt).where(WebhookAttempt.delivery_id.in_(ids)))
+        await session.execute(delete(WebhookDelivery).where(WebhookDelivery.id.in_(ids)))
+        await session.commit()
+        removed += len(ids)
 
 
 def _clip(text: str | None, limit: int) -> str | None:

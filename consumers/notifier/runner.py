@@ -20,7 +20,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.metrics import WebhookMetrics
 from app.settings import Settings, WebhookSettings
 from app.webhooks.client import new_client, send_attempt
-from app.webhooks.outbox import Claimed, claim_due, count_pending, record_attempt
+from app.webhooks.outbox import Claimed, claim_due, count_pending, prune_finished, record_attempt
 from app.webhooks.policy import AttemptResult, RetryPolicy, decide
 from app.webhooks.ssrf import Guard, Resolver
 
@@ -73,6 +73,7 @@ class Notifier:
         self.policy = RetryPolicy.from_settings(config)
         self._tasks: set[asyncio.Task[None]] = set()
         self._last_count = -PENDING_COUNT_EVERY_S
+        self._last_prune = -self.config.prune_interval_s
         self._last_db_warning = -60.0
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -94,6 +95,7 @@ class Notifier:
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
                 await self._count_pending()
+                await self._prune()
                 if claimed and len(claimed) == free:
                     continue  # a full batch: more may be due
                 # Wake on stop, on a free slot when all are busy, or after the interval.
@@ -142,6 +144,21 @@ class Notifier:
                 self.metrics.pending.set(await count_pending(session))
         except (SQLAlchemyError, OSError) as exc:
             self._database_warning("cannot count pending webhook deliveries: %s", exc)
+
+    async def _prune(self) -> None:
+        """Deletes expired finished deliveries, at most every ``prune_interval_s``."""
+        if time.monotonic() - self._last_prune < self.config.prune_interval_s:
+            return
+        self._last_prune = time.monotonic()
+        before = self.clock() - timedelta(days=self.config.retention_days)
+        try:
+            async with self.sessions() as session:
+                removed = await prune_finished(session, before=before)
+        except (SQLAlchemyError, OSError) as exc:
+            self._database_warning("cannot prune old webhook deliveries: %s", exc)
+            return
+        if removed:
+            log.info("pruned %d webhook deliveries finished before %s", removed, before)
 
     def _database_warning(self, message: str, exc: BaseException) -> None:
         if time.monotonic() - self._last_db_warning >= 60.0:
