@@ -39,8 +39,14 @@ def serve(
         import uvicorn
 
         uvicorn.run(
-            "app.main:app_from_env", factory=True, host=host, port=port, workers=workers,
-            access_log=False, log_config=None, lifespan="on",
+            "app.main:app_from_env",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            access_log=False,
+            log_config=None,
+            lifespan="on",
         )
         return
     if server != "granian":
@@ -49,8 +55,14 @@ def serve(
     from granian.server import Server
 
     Server(
-        "app.main:app_from_env", address=host, port=port, interface=Interfaces.ASGI,
-        workers=workers, factory=True, log_access=False, loop=Loops.uvloop,
+        "app.main:app_from_env",
+        address=host,
+        port=port,
+        interface=Interfaces.ASGI,
+        workers=workers,
+        factory=True,
+        log_access=False,
+        loop=Loops.uvloop,
     ).serve()
 
 
