@@ -220,6 +220,8 @@ async def test_counts_follow_new_events_and_ignore_replays(
         writer = Writer(migrated)
         writer.offset = 10**6
         fresh = plain_events(rng, 40, CAMPAIGN)
+        for i, event in enumerate(fresh):
+            event["visitor"] = f"new-visitor-{i}"
         replays = rng.sample(list(loaded.events.values()), 50)
         await writer.write(fresh + replays)
         for event in fresh:
@@ -233,6 +235,7 @@ async def test_counts_follow_new_events_and_ignore_replays(
         again = await get(client, f"/v1/campaigns/{CAMPAIGN}/summary")
         assert again["events"]["view"] == loaded.counts(CAMPAIGN)["view"]
         assert sum(again["events"].values()) == sum(summary["events"].values()) + len(fresh)
+        assert again["unique_visitors"] == summary["unique_visitors"] + len(fresh)
 
 
 async def test_counts_are_the_same_without_the_cache(

@@ -56,6 +56,8 @@ INTERVALS: dict[str, tuple[int, str]] = {
     "1h": (3600, "events_per_hour"),
     "1d": (86400, "events_per_hour"),
 }
+# Campaigns whose all-time unique visitors are kept (RollupCounts).
+MAX_CAMPAIGNS = 10_000
 # Buckets are DateTime (UInt32 seconds): the whole representable range.
 ALL_TIME = (0, 2**32 - 1)
 
@@ -124,7 +126,8 @@ class Bucket:
 class RollupCounts:
     """Per-bucket counts from the rollups, cached by the bucket's ``sum(rows)``.
 
-    See the module docstring. ``max_buckets`` bounds the cache (least recently
+    See the module docstring. It also keeps each campaign's all-time unique
+    visitors with a fingerprint of its hours (``campaign_visitors``). ``max_buckets`` bounds the cache (least recently
     used buckets go first; about 250 bytes each); 0 turns it off, so every
     read merges every state in its range. Not thread-safe: one per event loop.
     """
@@ -132,6 +135,7 @@ class RollupCounts:
     def __init__(self, max_buckets: int) -> None:
         self.max_buckets = max_buckets
         self._cache: OrderedDict[tuple[str, str, int, int], Bucket] = OrderedDict()
+        self._visitors: OrderedDict[str, tuple[tuple[int, ...], int]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._cache)
@@ -186,6 +190,21 @@ class RollupCounts:
             self._put((table, campaign, step, b), bucket)
         return out
 
+    def campaign_visitors(self, campaign: str, fingerprint: tuple[int, ...]) -> int | None:
+        """The campaign's all-time visitors if kept with this hours fingerprint."""
+        held = self._visitors.get(campaign)
+        return held[1] if held is not None and held[0] == fingerprint else None
+
+    def keep_campaign_visitors(
+        self, campaign: str, fingerprint: tuple[int, ...], visitors: int
+    ) -> None:
+        if self.max_buckets <= 0:
+            return
+        self._visitors[campaign] = (fingerprint, visitors)
+        self._visitors.move_to_end(campaign)
+        while len(self._visitors) > MAX_CAMPAIGNS:
+            self._visitors.popitem(last=False)
+
     def _put(self, key: tuple[str, str, int, int], bucket: Bucket) -> None:
         if self.max_buckets <= 0:
             return
@@ -225,12 +244,14 @@ SELECT
     (SELECT groupArray((b, r)) FROM (
         SELECT toUInt32(bucket) AS b, sum(rows) AS r FROM events_per_hour
         WHERE campaign = {campaign:String} GROUP BY b)),
-    (SELECT uniqMerge(visitors) FROM visitors_per_month WHERE campaign = {campaign:String}),
     (SELECT count() FROM alerts FINAL WHERE campaign = {campaign:String} AND state = 'open'),
     count(), sum(valid_nodes), sum(valid_recruits), sum(clicks), sum(conversions),
     argMax(root, (size, root)), max(size)
 FROM cascade_stats FINAL
 WHERE campaign = {campaign:String}
+"""
+_VISITORS_SQL = """
+SELECT uniqMerge(visitors) FROM visitors_per_month WHERE campaign = {campaign:String}
 """
 
 
@@ -249,18 +270,28 @@ async def campaign_summary(ch: ClickHouse, counts: RollupCounts, campaign: str) 
     """Events by type over the campaign's whole retention (hourly rollup), unique
     visitors (approximate, ``visitors_per_month``), cascade totals and open alerts."""
     [row] = await ch.aquery_rows(_SUMMARY_SQL, {"campaign": campaign})
-    hour_rows, visitors, open_alerts, cascades, valid, recruits, clicks, conversions, root, size = (
-        row
-    )
+    hour_rows, open_alerts, cascades, valid, recruits, clicks, conversions, root, size = row
     current = [(int(b), int(r)) for b, r in hour_rows]
     hours = await counts.read(ch, "events_per_hour", campaign, 3600, *ALL_TIME, current=current)
     totals = [0] * len(TYPES)
     for bucket in hours.values():
         for i, n in enumerate(bucket.events):
             totals[i] += n
+    # Every insert for the campaign feeds visitors_per_month and moves the hours'
+    # total sum(rows); a TTL drop moves the first hour. Unchanged: same visitors.
+    fingerprint = (
+        sum(r for _, r in current),
+        min((b for b, _ in current), default=0),
+        len(current),
+    )
+    visitors = counts.campaign_visitors(campaign, fingerprint)
+    if visitors is None:
+        [(merged,)] = await ch.aquery_rows(_VISITORS_SQL, {"campaign": campaign})
+        visitors = int(merged or 0)
+        counts.keep_campaign_visitors(campaign, fingerprint, visitors)
     return CampaignSummary(
         events=dict(zip(TYPES, totals, strict=True)),
-        unique_visitors=int(visitors or 0),
+        unique_visitors=visitors,
         k_factor=int(recruits) / int(valid) if valid else None,
         invitation_conversion_rate=int(conversions) / int(clicks) if clicks else None,
         cascades=int(cascades),

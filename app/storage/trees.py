@@ -251,16 +251,12 @@ def build_tree(columns: dict[str, NDArray[Any]], channel: Any = None) -> Tree:
     # Parent positions: sorted needles make the binary searches cache-friendly.
     at = numpy.zeros(n, dtype=numpy.int64)
     if n:
-        by_parent = numpy.argsort(parents, kind="stable")
+        by_parent = numpy.argsort(parents)
         at[by_parent] = numpy.searchsorted(ids, parents[by_parent])
         numpy.minimum(at, n - 1, out=at)
     linked = has_parent & (ids[at] == parents) & (depth[at] < depth) if n else has_parent
     parent = numpy.where(linked, at, -1)
-    # Breadth-first order (depth, ts, id): one packed key, sorted stably over
-    # positions already in id order (ties keep it). 16 bits of depth over 47
-    # bits of ms since the oldest node (4,400 years).
-    packed = (depth << 47) | (ts - (ts.min() if n else 0))
-    bfs = numpy.argsort(packed, kind="stable")
+    bfs = _breadth_first(depth, ts)
     sizes = numpy.ones(n, dtype=numpy.int64)
     cuts = (numpy.flatnonzero(numpy.diff(depth[bfs])) + 1).tolist()
     starts, ends = [0, *cuts], [*cuts, n]
@@ -291,6 +287,29 @@ def build_tree(columns: dict[str, NDArray[Any]], channel: Any = None) -> Tree:
         "bfs": bfs, "rows": keep,
     }  # fmt: skip
     return Tree(**tree_columns, channel=channel)
+
+
+def _breadth_first(depth: NDArray[Any], ts: NDArray[Any]) -> NDArray[Any]:
+    """Positions (already in id order) sorted by (depth, ts, position).
+
+    One packed key, 16 bits of depth over 47 bits of ms since the oldest node
+    (4,400 years), sorted by numpy's fast unstable sort; the few runs of equal
+    keys are then put back in position order.
+    """
+    import numpy
+
+    if not len(depth):
+        return numpy.zeros(0, dtype=numpy.int64)
+    packed = (depth << 47) | (ts - ts.min())
+    order: NDArray[Any] = numpy.argsort(packed)
+    keys = packed[order]
+    ties = numpy.flatnonzero(keys[1:] == keys[:-1])
+    if len(ties):
+        tied = numpy.zeros(len(order), dtype=bool)
+        tied[ties] = tied[ties + 1] = True
+        run = numpy.flatnonzero(tied)  # whole runs, in key order
+        order[run] = order[run][numpy.lexsort((order[run], keys[run]))]
+    return order
 
 
 def _latest(ids: NDArray[Any], version: NDArray[Any]) -> NDArray[Any]:
