@@ -126,15 +126,20 @@ class Bucket:
 class RollupCounts:
     """Per-bucket counts from the rollups, cached by the bucket's ``sum(rows)``.
 
-    See the module docstring. It also keeps each campaign's all-time unique
-    visitors with a fingerprint of its hours (``campaign_visitors``). ``max_buckets`` bounds the cache (least recently
+    See the module docstring. ``max_buckets`` bounds the cache (least recently
     used buckets go first; about 250 bytes each); 0 turns it off, so every
-    read merges every state in its range. Not thread-safe: one per event loop.
+    read merges every state in its range. It also keeps each campaign's
+    all-time unique visitors with a fingerprint of its hours
+    (``campaign_visitors``). Not thread-safe: one per event loop.
     """
 
     def __init__(self, max_buckets: int) -> None:
         self.max_buckets = max_buckets
         self._cache: OrderedDict[tuple[str, str, int, int], Bucket] = OrderedDict()
+        # (campaign, step, hour) -> (the hour's sum(rows) in events_per_hour, its buckets)
+        self._hours: OrderedDict[tuple[str, int, int], tuple[int, dict[int, Bucket]]] = (
+            OrderedDict()
+        )
         self._visitors: OrderedDict[str, tuple[tuple[int, ...], int]] = OrderedDict()
 
     def __len__(self) -> int:
@@ -153,8 +158,16 @@ class RollupCounts:
         current: list[tuple[int, int]] | None = None,
     ) -> dict[int, Bucket]:
         """Buckets of ``step`` seconds (aligned to the epoch) in ``[start, end)`` (epoch
-        seconds) that hold events, by bucket start. Two queries at most; one when
-        ``current``, the (bucket, sum(rows)) pairs of the range, is given."""
+        seconds) that hold events, by bucket start. Two queries at most (three for
+        minutes); one when ``current``, the (bucket, sum(rows)) pairs of the range,
+        is given, or when no hour of a per-minute range changed."""
+        if (
+            current is None
+            and table == "events_per_minute"
+            and 3600 % step == 0
+            and self.max_buckets > 0
+        ):
+            return await self._read_by_hour(ch, campaign, step, start, end, visitors)
         params: dict[str, Any] = {
             "table": table,
             "campaign": campaign,
@@ -188,6 +201,71 @@ class RollupCounts:
             bucket = Bucket(int(rows), tuple(events), int(seen) if visitors else None)
             out[b] = bucket
             self._put((table, campaign, step, b), bucket)
+        return out
+
+    async def _read_by_hour(
+        self, ch: ClickHouse, campaign: str, step: int, start: int, end: int, visitors: bool
+    ) -> dict[int, Bucket]:
+        """Per-minute buckets, checked an hour at a time.
+
+        Both rollups count the same events rows, so an hour's sum(rows) in
+        ``events_per_hour`` moves with any insert into its minutes, and a day of
+        minutes is checked with 24 hourly sums instead of 1,440. An hour's
+        buckets are kept only when their sums add up to the hour's (the two
+        views of one insert land one after the other), so a kept hour is never
+        one whose minutes were read before its insert.
+        """
+        first_hour, last_hour = start - start % 3600, end + (-end % 3600)
+        hour_rows = {
+            int(h): int(r)
+            for h, r in await ch.aquery_rows(
+                _FINGERPRINT_SQL,
+                {
+                    "table": "events_per_hour",
+                    "campaign": campaign,
+                    "step": 3600,
+                    "start": first_hour,
+                    "end": last_hour,
+                },
+            )  # fmt: skip
+        }
+        out: dict[int, Bucket] = {}
+        stale: list[int] = []
+        for hour, rows in hour_rows.items():
+            key = (campaign, step, hour)
+            held = self._hours.get(key)
+            fresh = held is not None and held[0] == rows
+            if (
+                fresh
+                and held is not None
+                and (not visitors or all(b.visitors is not None for b in held[1].values()))
+            ):
+                self._hours.move_to_end(key)
+                out.update((b, v) for b, v in held[1].items() if start <= b < end)
+            else:
+                stale.append(hour)
+        if not stale:
+            return out
+        low, high = min(stale), max(stale) + 3600
+        minutes = await self.read(
+            ch, "events_per_minute", campaign, step, low, high, visitors=visitors,
+            current=[
+                (int(b), int(r))
+                for b, r in await ch.aquery_rows(
+                    _FINGERPRINT_SQL,
+                    {"table": "events_per_minute", "campaign": campaign, "step": step,
+                     "start": low, "end": high},
+                )
+            ],
+        )  # fmt: skip
+        for hour in stale:
+            in_hour = {b: v for b, v in minutes.items() if hour <= b < hour + 3600}
+            if sum(v.rows for v in in_hour.values()) == hour_rows[hour]:
+                self._hours[(campaign, step, hour)] = (hour_rows[hour], in_hour)
+                self._hours.move_to_end((campaign, step, hour))
+            out.update((b, v) for b, v in in_hour.items() if start <= b < end)
+        while len(self._hours) > max(1, self.max_buckets // 60):
+            self._hours.popitem(last=False)
         return out
 
     def campaign_visitors(self, campaign: str, fingerprint: tuple[int, ...]) -> int | None:
