@@ -11,6 +11,7 @@ import typer
 from app.bench import bench
 from app.cli_control import mount as mount_control_plane
 from app.settings import Settings
+from app.simulate.cli import simulate
 from app.storage.clickhouse import StorageError, redact_dsn
 from consumers.cli import consume_app
 
@@ -18,6 +19,7 @@ cli = typer.Typer(help="viraltrace: live share-cascade tracking.", no_args_is_he
 cli.add_typer(bench, name="bench", help="Benchmarks (rerunnable; see docs/benchmarks.md).")
 cli.add_typer(consume_app, name="consume", help="Run a Kafka consumer (its own process).")
 mount_control_plane(cli)
+cli.command()(simulate)
 
 
 @cli.command()
@@ -94,6 +96,7 @@ def up(
     typer.echo(f"  pixel    {base}/p.gif?c=<campaign>")
     typer.echo(f"  events   {base}/v1/events   shares {base}/v1/shares")
     typer.echo(f"  summary  {base}/v1/campaigns/<campaign>/summary")
+    typer.echo(f"  live     {base}/dashboard   snippet {base}/t.js")
     if read_key is not None:
         typer.echo(f"  read key {read_key}   (from {settings.data_dir / 'read-key'})")
     typer.echo(f"  health   {base}/healthz     metrics {base}/metrics   docs {base}/docs")
@@ -106,7 +109,16 @@ def up(
 
 
 @cli.command()
-def migrate() -> None:
+def migrate(
+    print_sql: Annotated[
+        bool,
+        typer.Option(
+            "--print-sql",
+            help="print the ClickHouse DDL for the configured mode (VIRALTRACE_CLICKHOUSE_CLUSTER "
+            "set or not) and exit; connects to nothing",
+        ),
+    ] = False,
+) -> None:
     """Apply pending migrations: ClickHouse, then the control-plane database (idempotent).
 
     Run it before starting the API and the consumers; they never migrate by themselves.
@@ -121,6 +133,20 @@ def migrate() -> None:
     from app.storage.clickhouse import ClickHouse
 
     settings = Settings()
+    if print_sql:
+        from app.storage.migrate import MIGRATIONS_DIR, render_sql
+
+        try:
+            sql = render_sql(
+                settings.clickhouse.migrations_dir or MIGRATIONS_DIR,
+                settings_ttl_days=settings.clickhouse.events_ttl_days,
+                cluster=settings.clickhouse.cluster_spec(),
+            )
+        except StorageError as exc:
+            typer.echo(f"migrate failed: {exc}", err=True)
+            raise typer.Exit(1) from exc
+        typer.echo(sql, nl=False)
+        return
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     try:
         with ClickHouse(settings.clickhouse_dsn) as clickhouse:

@@ -49,6 +49,7 @@ def apply_migrations(settings: Settings, clickhouse: ClickHouse) -> list[str]:
         clickhouse,
         settings.clickhouse.migrations_dir or MIGRATIONS_DIR,
         settings_ttl_days=settings.clickhouse.events_ttl_days,
+        cluster=settings.clickhouse.cluster_spec(),
     )
 
 

@@ -27,7 +27,7 @@ from app.links import LinkRefresher, LinkRegistry
 from app.metrics import ApiMetrics
 from app.pixel import PixelFastPath
 from app.ratelimit import TokenBuckets
-from app.routes import admin, query, tracking
+from app.routes import admin, dashboard, query, tracking
 from app.settings import Settings
 from app.state import AppState
 from app.storage.clickhouse import ClickHouse
@@ -137,6 +137,7 @@ def create_app(
     app.include_router(tracking.router)
     app.include_router(query.router)
     app.include_router(admin.router)
+    app.include_router(dashboard.build_router())
     app.add_middleware(
         # mypy cannot match a keyword-only extra argument to Starlette's factory protocol.
         CampaignCORSMiddleware,  # type: ignore[arg-type]

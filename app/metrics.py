@@ -24,7 +24,7 @@ class ApiMetrics:
         self.ingest_events = Counter(
             "viraltrace_ingest_events_total",
             "Events received at the edge, by event type and outcome "
-            "(accepted, rejected, rate_limited, dropped).",
+            "(accepted, rejected, rate_limited, unavailable, dropped).",
             ["type", "outcome"],
             registry=r,
         )

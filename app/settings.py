@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import (
     AliasChoices,
@@ -22,6 +22,9 @@ from pydantic import (
     model_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from app.storage.cluster import ClusterSpec
 
 # Secrets that ship as defaults so that `viraltrace up` works out of the box.
 # Outside development they are refused (see Settings._refuse_placeholders).
@@ -131,6 +134,43 @@ class ClickHouseSettings(BaseModel):
     events_ttl_days: int = Field(400, ge=1)
     # None: the repository's migrations/clickhouse (the image sets its own copy).
     migrations_dir: Path | None = None
+    # Cluster mode of the migrations (docs/clickhouse-cluster.md): the name of a
+    # cluster in the servers' remote_servers, or a macro such as {cluster}.
+    # None or empty: one server, the migrations as written.
+    cluster: str | None = None
+    # Keeper path of each replicated table in cluster mode; {table} becomes the
+    # local table's name, the other macros are the servers' own.
+    replica_path: str = "/clickhouse/tables/{shard}/{database}/{table}"
+    replica_name: str = "{replica}"
+
+    @field_validator("cluster")
+    @classmethod
+    def _cluster_name(cls, value: str | None) -> str | None:
+        from app.storage.cluster import check_cluster_name
+
+        return check_cluster_name(value) if value else None
+
+    @field_validator("replica_path")
+    @classmethod
+    def _replica_path(cls, value: str) -> str:
+        from app.storage.cluster import check_replica_path
+
+        return check_replica_path(value)
+
+    @field_validator("replica_name")
+    @classmethod
+    def _replica_name(cls, value: str) -> str:
+        from app.storage.cluster import check_replica_name
+
+        return check_replica_name(value)
+
+    def cluster_spec(self) -> ClusterSpec | None:
+        """What the migration runner needs for cluster mode; None on a single server."""
+        from app.storage.cluster import ClusterSpec
+
+        if self.cluster is None:
+            return None
+        return ClusterSpec(self.cluster, self.replica_path, self.replica_name)
 
 
 class ConsumerSettings(BaseModel):
@@ -144,6 +184,13 @@ class ConsumerSettings(BaseModel):
     # Backoff while a write keeps failing (ClickHouse down): partitions stay paused.
     retry_initial_s: float = Field(0.5, gt=0)
     retry_max_s: float = Field(30.0, gt=0)
+    # `viraltrace consume ...` serves /metrics and /healthz on this port; 0 turns it off.
+    # (`viraltrace up` has no such port: its API's /metrics carries the consumers' metrics.)
+    metrics_port: int = Field(9464, ge=0, le=65_535)
+    # Every interface by default: Prometheus scrapes a consumer from another container or
+    # host, and the endpoint carries only counts and timings (no event data, no secrets).
+    # Set 127.0.0.1 on a shared host where only a local agent scrapes.
+    metrics_host: str = "0.0.0.0"
 
 
 class CascadeSettings(BaseModel):

@@ -35,7 +35,7 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -197,7 +197,7 @@ class ConsumerMetrics:
     - ``viraltrace_consumer_write_errors_total``: failed write attempts (counter).
     - ``viraltrace_consumer_committed_records_total``: records whose offsets were committed.
     - ``viraltrace_consumer_lag_records``: highwater minus the next offset to read, per
-      partition, as of the last fetch (gauge, records).
+      partition, as of the last fetch (gauge, records); dropped when the partition is revoked.
     """
 
     def __init__(self, registry: CollectorRegistry) -> None:
@@ -346,6 +346,7 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
         await self.runner.flush_on_revoke(set(revoked))
+        self.runner.forget_lag(revoked)
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         log.info("%s: assigned %s", self.runner.name, sorted(str(tp) for tp in assigned))
@@ -501,6 +502,13 @@ class ConsumerRunner:
             await self._dead_letter(record, error)
             rows = ()
         self.batch.add(tp, record.offset, rows, self.clock())
+
+    def forget_lag(self, partitions: Iterable[TopicPartition]) -> None:
+        """Drops the lag series of partitions given up in a rebalance: their next owner
+        reports them, and a stale copy here would be added into every sum over the group.
+        Partitions kept through the rebalance report again on their next fetch."""
+        for tp in partitions:
+            self.metrics.lag_records.remove(self.name, tp.topic, str(tp.partition))
 
     def _observe_lag(self, tp: TopicPartition, records: list[Record]) -> None:
         if not records:

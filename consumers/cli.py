@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import typer
+from prometheus_client import REGISTRY
 
 from app.logs import configure_logging
 from app.settings import Settings
 from consumers.base import install_signal_handlers
+from consumers.exporter import MetricsEndpointError, serve_consumer_metrics
 
 consume_app = typer.Typer(
     help="Run the Kafka consumers and the webhook notifier.", no_args_is_help=True
@@ -22,7 +25,12 @@ def _consumers() -> None:
     # A callback keeps `sink` a subcommand: typer collapses a one-command app.
 
 
-def _run_until_signal(run: Callable[[Settings, asyncio.Event], Awaitable[None]]) -> None:
+def _run_until_signal(run: Callable[..., Awaitable[None]], **options: Any) -> None:
+    """``run(settings, stop, registry=..., **options)`` until SIGTERM/SIGINT, serving
+    the registry on the consumer metrics port (consumers/exporter.py).
+
+    The registry is prometheus_client's global one, so a scrape also carries the
+    process collectors (memory, CPU, open files) next to the consumer's own metrics."""
     settings = Settings()
     configure_logging(settings.server.log_level)
 
@@ -30,11 +38,16 @@ def _run_until_signal(run: Callable[[Settings, asyncio.Event], Awaitable[None]])
         stop = asyncio.Event()
         undo = install_signal_handlers(stop)
         try:
-            await run(settings, stop)
+            async with serve_consumer_metrics(settings.consumer, REGISTRY):
+                await run(settings, stop, registry=REGISTRY, **options)
         finally:
             undo()
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except MetricsEndpointError as exc:
+        typer.echo(f"consume failed: {exc}", err=True)
+        raise typer.Exit(1) from exc
 
 
 @consume_app.command()
@@ -58,7 +71,7 @@ def buzz() -> None:
     """Score comments, reactions, reports and captions; publish them to the signals topic."""
     from consumers.alerts.runner import run_alerts
 
-    _run_until_signal(lambda settings, stop: run_alerts(settings, stop, alerts=False))
+    _run_until_signal(run_alerts, alerts=False)
 
 
 @consume_app.command()
@@ -66,7 +79,7 @@ def alerts() -> None:
     """Buzz windows, alert detection and the webhook outbox, from the signals topic."""
     from consumers.alerts.runner import run_alerts
 
-    _run_until_signal(lambda settings, stop: run_alerts(settings, stop, buzz=False))
+    _run_until_signal(run_alerts, buzz=False)
 
 
 @consume_app.command()

@@ -22,6 +22,21 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
+# Debian's Chromium for the browser tests (INFRA.md: Playwright drives it by path,
+# never a browser of its own). Installed once; nothing to do when it is there.
+# If it cannot be installed the browser tests fail saying so (they never skip).
+if [ ! -x /usr/bin/chromium ]; then
+  echo "== installing chromium (Debian package) for the browser tests"
+  apt_get() { if [ "$(id -u)" = 0 ]; then apt-get "$@"; else sudo -n apt-get "$@"; fi; }
+  export DEBIAN_FRONTEND=noninteractive
+  if ! { apt_get install -y -q --no-install-recommends chromium \
+         || { apt_get update -q && apt_get install -y -q --no-install-recommends chromium; }; } \
+       >"$run_dir/apt.log" 2>&1; then
+    echo "could not install chromium; the browser tests will fail. apt said:" >&2
+    tail -n 20 "$run_dir/apt.log" >&2
+  fi
+fi
+
 free_port() { .venv/bin/python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() {  # name port log
   for _ in $(seq 1 200); do
@@ -69,4 +84,5 @@ echo "== lint"
 .venv/bin/ruff check app consumers tests
 .venv/bin/mypy
 echo "== tests (noida-db on $noida_port, tansu on $tansu_port)"
+echo "   browser test screenshots go to ${VIRALTRACE_TEST_ARTIFACTS:-$PWD/test-artifacts}"
 .venv/bin/python -m pytest "$@"

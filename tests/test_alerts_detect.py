@@ -130,6 +130,16 @@ def test_volume_spike() -> None:
     assert not [t for t in opened if t.kind == "buzz.negative_spike"]
 
 
+def test_a_partial_first_minute_does_not_set_a_low_baseline() -> None:
+    """A stream that starts mid-minute (3 items in its first minute, then a steady 20 a
+    minute) is flat: the baselines must average the early minutes, not keep the first."""
+    state = campaign_state()
+    first = [item(T0 + 50_000 + i * 3_000, "neutral") for i in range(3)]
+    steady = series(90, 20, 0.1, start=T0 + MINUTE_MS, seed=7)
+    assert run(state, first + steady, RULES) == []
+    assert state.volume.mean == pytest.approx(20, abs=1.5)
+
+
 def test_negative_velocity_needs_negative_shares_outpacing_positive_ones() -> None:
     state = campaign_state()
     shares = series(30, 10, 0.3, kind="share")

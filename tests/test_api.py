@@ -421,6 +421,21 @@ async def test_events_validates_each_event_on_its_own(cfg: Any) -> None:
             (7, "bad_value", "value"),
         ]
         assert len(dead_letters(app)) == 7 and len(events(app)) == 2
+        # Rejected events keep their type when it is a known one; the rest are "invalid".
+        assert ingest_counts(app, "rejected") == {"view": 5, "invalid": 2}
+        assert ingest_counts(app, "accepted") == {"view": 2}
+
+
+def ingest_counts(app: Any, outcome: str) -> dict[str, float]:
+    """``viraltrace_ingest_events_total`` for one outcome, by type (non-zero only)."""
+    registry = app.state.vt.metrics.registry
+    return {
+        sample.labels["type"]: sample.value
+        for family in registry.collect()
+        if family.name == "viraltrace_ingest_events"
+        for sample in family.samples
+        if sample.name.endswith("_total") and sample.labels["outcome"] == outcome and sample.value
+    }
 
 
 async def test_events_schema_valid_batch_still_checks_tokens_and_times(cfg: Any) -> None:
@@ -471,6 +486,7 @@ async def test_events_rate_limit_answers_429_with_retry_after(tmp_path: Path) ->
         assert resp.status_code == 429 and int(resp.headers["retry-after"]) >= 1
         assert resp.json()["error"]["field"] == "campaign"
         assert len(events(app)) == 3
+        assert ingest_counts(app, "rate_limited") == {"view": 2}
 
 
 async def test_events_503_with_retry_after_when_the_bus_cannot_take_them(cfg: Any) -> None:
@@ -478,6 +494,8 @@ async def test_events_503_with_retry_after_when_the_bus_cannot_take_them(cfg: An
         resp = await client.post("/v1/events", json=[ev()] * 3)
         assert resp.status_code == 503 and resp.headers["retry-after"] == "1"
         assert resp.json()["error"]["reason"] == "unavailable"
+        assert ingest_counts(app, "unavailable") == {"view": 3}
+        assert ingest_counts(app, "accepted") == {}
 
 
 async def test_events_of_one_cascade_share_a_key_and_partition(cfg: Any) -> None:

@@ -71,6 +71,9 @@ def child_env(settings: Settings, dsn: str) -> dict[str, str]:
             "VIRALTRACE_CONSUMER_BATCH_MAX_SECONDS": "0.5",
             "VIRALTRACE_CONSUMER_MAX_POLL_RECORDS": "500",
             "VIRALTRACE_SERVER_LOG_LEVEL": "warning",
+            # No metrics port: the fixed default (9464) would collide between test runs
+            # sharing the machine. tests/test_consumer_metrics.py sets a free one.
+            "VIRALTRACE_CONSUMER_METRICS_PORT": "0",
         }
     )
     return env

@@ -184,6 +184,25 @@ async def test_flushes_by_age_on_the_fake_clock_and_commits_last_offset_plus_one
     assert lag == 100 - 12
 
 
+async def test_a_revoked_partition_leaves_no_lag_series_behind(tmp_path: Path) -> None:
+    consumer = FakeConsumer([{TP0: [rec(TP0, 10)], TP1: [rec(TP1, 3)]}])
+    runner, stop, registry = make_runner(tmp_path, FakePipeline(), consumer, [0.0])
+    task = asyncio.create_task(runner.run())
+    await until(lambda: runner.batch.records == 2)
+
+    def lag(tp: TopicPartition) -> float | None:
+        labels = {"consumer": "fake", "topic": TOPIC, "partition": str(tp.partition)}
+        return registry.get_sample_value("viraltrace_consumer_lag_records", labels)
+
+    assert (lag(TP0), lag(TP1)) == (100 - 11, 100 - 4)
+    # A rebalance takes TP1 away: its new owner reports it from now on.
+    await consumer.listener.on_partitions_revoked({TP1})
+    stop.set()
+    await task
+    assert consumer.commits == [{TP0: 11, TP1: 4}]  # flushed on revoke
+    assert (lag(TP0), lag(TP1)) == (100 - 11, None)
+
+
 async def test_failing_write_pauses_retries_same_token_and_commits_only_after_success(
     tmp_path: Path,
 ) -> None:

@@ -49,6 +49,9 @@ def child_env(database_url: str, data_dir: Path) -> dict[str, str]:
             "VIRALTRACE_WEBHOOK_POLL_INTERVAL_S": "0.05",
             "VIRALTRACE_WEBHOOK_CONCURRENCY": "4",
             "VIRALTRACE_SERVER_LOG_LEVEL": "warning",
+            # No metrics port: the fixed default (9464) would collide between test runs
+            # sharing the machine. tests/test_consumer_metrics.py sets a free one.
+            "VIRALTRACE_CONSUMER_METRICS_PORT": "0",
         }
     )
     return env

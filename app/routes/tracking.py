@@ -108,10 +108,19 @@ def _limit_campaign(state: AppState, campaign: str, cost: float) -> None:
         )
 
 
-async def _publish(state: AppState, records: list[Record]) -> None:
+def _count_refused(state: AppState, per_type: Mapping[str, int], outcome: str) -> None:
+    """Counts valid events a 429 or 503 turned away (none of the request's events was taken)."""
+    for event_type, count in per_type.items():
+        state.metrics.count_ingest(event_type, outcome, count)
+
+
+async def _publish(state: AppState, records: list[Record], per_type: Mapping[str, int]) -> None:
+    """Publishes and waits for durability; 503 (``per_type`` counted ``unavailable``) when
+    neither the broker nor the spool can take the records."""
     try:
         await state.require_bus().publish(records)
     except BusUnavailable as exc:
+        _count_refused(state, per_type, "unavailable")
         raise ApiError(503, "unavailable", str(exc), None, _retry_after(exc.retry_after_s)) from exc
 
 
@@ -282,7 +291,9 @@ async def create_share(body: ShareIn, request: Request, state: StateDep) -> Shar
         url=None,
         parent=parent,
     )
-    await _publish(state, [Record(state.topic, partition_key(wire), orjson.dumps(wire))])
+    await _publish(
+        state, [Record(state.topic, partition_key(wire), orjson.dumps(wire))], {"share": 1}
+    )
     state.metrics.count_ingest("share", "accepted")
     link = state.links.for_campaign(body.campaign)
     share_url = None
@@ -343,7 +354,11 @@ async def post_events(request: Request, state: StateDep) -> JsonResponse:
         rejected.append({"index": hit.index, **error.as_dict()})
         payload = hit.fields if hit.event is None else hit.event.model_dump(mode="json")
         state.dead_letter(error, "api", payload, received)
-        state.metrics.count_ingest("invalid", "rejected")
+        event_type = hit.event.type if hit.event is not None else None
+        if event_type is None and isinstance(hit.fields, dict):
+            event_type = hit.fields.get("type")
+        # count_ingest files an unknown or missing type under "invalid".
+        state.metrics.count_ingest(str(event_type), "rejected")
 
     needs_key = state.write_key_campaigns
     # Keys matter only for campaigns that require one: no lookup otherwise.
@@ -362,9 +377,13 @@ async def post_events(request: Request, state: StateDep) -> JsonResponse:
 
     stages = EventStages(state, "api", authorize if needs_key else None)
     records, per_type, per_campaign = stages.run(hits, reject)
-    for campaign, count in per_campaign.items():
-        _limit_campaign(state, campaign, count)
-    await _publish(state, records)
+    try:
+        for campaign, count in per_campaign.items():
+            _limit_campaign(state, campaign, count)
+    except ApiError:
+        _count_refused(state, per_type, "rate_limited")
+        raise
+    await _publish(state, records, per_type)
     for event_type, count in per_type.items():
         state.metrics.count_ingest(event_type, "accepted", count)
     return JsonResponse({"accepted": len(records), "rejected": rejected}, status_code=202)

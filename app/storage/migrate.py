@@ -24,6 +24,15 @@ substituted text, so changing the TTL setting later does not count as an edited
 migration (and does not alter existing tables either: that needs a new
 migration with ``ALTER TABLE ... MODIFY TTL``).
 
+Cluster mode (``cluster=ClusterSpec(...)``, from ``clickhouse.cluster``): the
+same files, rendered by ``app/storage/cluster.py`` into ``ON CLUSTER`` DDL with
+``Replicated*MergeTree`` local tables and ``Distributed`` tables over them;
+``schema_migrations`` is then one table replicated to every node, synced
+(``SYSTEM SYNC REPLICA``) before it is read. The checksums stay those of the
+files. A database migrated in one mode is refused in the other
+(``MigrationError``): the runner checks the engine of ``schema_migrations``.
+See docs/clickhouse-cluster.md.
+
 Run from one process at a time (a deploy step): ClickHouse has no lock to stop
 two runners from applying the same file at once (the statements being
 idempotent, the harm is a duplicate ``schema_migrations`` row, which the
@@ -58,8 +67,12 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from app.storage.clickhouse import ClickHouse, StorageError
+
+if TYPE_CHECKING:
+    from app.storage.cluster import ClusterSpec
 
 # migrations/clickhouse in a source checkout (the image must ship this folder).
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations" / "clickhouse"
@@ -197,30 +210,100 @@ def applied_migrations(ch: ClickHouse) -> dict[int, tuple[str, str]]:
     return {int(version): (str(name), str(checksum)) for version, name, checksum in rows}
 
 
-def migrate(
-    ch: ClickHouse, directory: Path = MIGRATIONS_DIR, *, settings_ttl_days: int
-) -> list[str]:
-    """Apply the pending migrations in ``directory``; return the names applied, in order.
+def plan(
+    migrations: list[Migration], *, settings_ttl_days: int, cluster: ClusterSpec | None = None
+) -> dict[int, list[str]]:
+    """version -> the statements to run for it, in the mode ``cluster`` selects.
 
-    Blocks (run it off the event loop). Checks everything before applying
-    anything; raises ``MigrationError`` for the cases in the module docstring
-    and ``StorageError`` when ClickHouse fails (a failed migration is not
-    recorded, and its statements are re-run next time).
+    Pure (reads no database); raises ``MigrationError`` for a bad TTL, a broken
+    file or (cluster mode) a statement the cluster transformer refuses.
     """
     if isinstance(settings_ttl_days, bool) or not isinstance(settings_ttl_days, int):
         raise MigrationError("settings_ttl_days must be an int")
     if settings_ttl_days < 1:
         raise MigrationError("settings_ttl_days must be at least 1")
-    migrations = load_migrations(directory)
-    # Split and substitute every file before touching the database, so that a
-    # broken file never leaves earlier ones half-applied in the same run.
     planned = {
         m.version: [
             substitute(s, events_ttl_days=settings_ttl_days) for s in split_statements(m.text)
         ]
         for m in migrations
     }
-    ch.command(SCHEMA_MIGRATIONS_DDL)
+    if cluster is None:
+        return planned
+    from app.storage.cluster import render_cluster
+
+    rendered = render_cluster([(m.name, planned[m.version]) for m in migrations], cluster)
+    return {m.version: statements for m, statements in zip(migrations, rendered, strict=True)}
+
+
+def render_sql(
+    directory: Path = MIGRATIONS_DIR, *, settings_ttl_days: int, cluster: ClusterSpec | None
+) -> str:
+    """Every statement ``migrate`` would run on an empty database, as one SQL script
+    (``viraltrace migrate --print-sql``). Pure; raises ``MigrationError``."""
+    from app.storage.cluster import schema_migrations_ddl
+
+    migrations = load_migrations(directory)
+    planned = plan(migrations, settings_ttl_days=settings_ttl_days, cluster=cluster)
+    mode = "single node" if cluster is None else f"cluster {cluster.name!r}"
+    parts = [
+        f"-- viraltrace ClickHouse migrations, {mode}",
+        f"-- bookkeeping\n{schema_migrations_ddl(cluster).strip()};",
+    ]
+    for m in migrations:
+        for index, statement in enumerate(planned[m.version], start=1):
+            parts.append(f"-- {m.name} statement {index} (file sha256 {m.checksum[:12]})")
+            parts[-1] += f"\n{statement};"
+    return "\n\n".join(parts) + "\n"
+
+
+def _check_mode(ch: ClickHouse, cluster: ClusterSpec | None) -> None:
+    """Refuse to migrate a database set up in the other mode (``MigrationError``)."""
+    rows = ch.query_rows(
+        "SELECT engine FROM system.tables "
+        "WHERE database = currentDatabase() AND name = 'schema_migrations'"
+    )
+    if not rows:
+        return
+    replicated = str(rows[0][0]).startswith("Replicated")
+    if cluster is not None and not replicated:
+        raise MigrationError(
+            "this database was migrated in single-node mode (schema_migrations is not "
+            "replicated); cluster mode does not convert it: see docs/clickhouse-cluster.md"
+        )
+    if cluster is None and replicated:
+        raise MigrationError(
+            "this database was migrated in cluster mode (schema_migrations is replicated): "
+            "set clickhouse.cluster (VIRALTRACE_CLICKHOUSE_CLUSTER) to its cluster"
+        )
+
+
+def migrate(
+    ch: ClickHouse,
+    directory: Path = MIGRATIONS_DIR,
+    *,
+    settings_ttl_days: int,
+    cluster: ClusterSpec | None = None,
+) -> list[str]:
+    """Apply the pending migrations in ``directory``; return the names applied, in order.
+
+    Blocks (run it off the event loop). ``cluster`` selects cluster mode (module
+    docstring). Checks everything before applying anything; raises
+    ``MigrationError`` for the cases in the module docstring and
+    ``StorageError`` when ClickHouse fails (a failed migration is not recorded,
+    and its statements are re-run next time).
+    """
+    from app.storage.cluster import schema_migrations_ddl
+
+    migrations = load_migrations(directory)
+    # Split, substitute (and render) every file before touching the database, so
+    # that a broken file never leaves earlier ones half-applied in the same run.
+    planned = plan(migrations, settings_ttl_days=settings_ttl_days, cluster=cluster)
+    _check_mode(ch, cluster)
+    ch.command(schema_migrations_ddl(cluster))
+    if cluster is not None:
+        # Rows another node recorded reach this replica asynchronously.
+        ch.command("SYSTEM SYNC REPLICA schema_migrations")
     applied = applied_migrations(ch)
     by_version = {m.version: m for m in migrations}
     for version, (name, checksum) in sorted(applied.items()):
@@ -248,7 +331,9 @@ def migrate(
                 ch.command(statement)
             except StorageError as exc:
                 raise StorageError(
-                    f"{migration.name} statement {index} failed: {exc}", retriable=exc.retriable
+                    f"{migration.name} statement {index} failed: {exc}"
+                    + ("" if cluster is None else " (numbered as in `migrate --print-sql`)"),
+                    retriable=exc.retriable,
                 ) from exc
         ch.insert(
             "schema_migrations",

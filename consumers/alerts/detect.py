@@ -112,7 +112,13 @@ class Minute:
 
 
 class Ewma:
-    """Exponentially weighted mean and variance (Finch 2009, incremental form)."""
+    """Exponentially weighted mean and variance (Finch 2009, incremental form).
+
+    The weight of the n-th observation is ``max(alpha, 1/n)``: until the window
+    has filled, the mean and variance are the plain running ones (Welford), so
+    a partial or odd first minute is averaged away instead of dominating the
+    baseline for an hour (an unweighted start is what a fixed alpha would give).
+    """
 
     __slots__ = ("alpha", "mean", "var", "n", "memory")
 
@@ -125,14 +131,12 @@ class Ewma:
         self.n = 0
 
     def update(self, x: float) -> None:
-        if self.n == 0:
-            self.mean, self.var = x, 0.0
-        else:
-            delta = x - self.mean
-            step = self.alpha * delta
-            self.mean += step
-            self.var = (1.0 - self.alpha) * (self.var + delta * step)
         self.n += 1
+        weight = max(self.alpha, 1.0 / self.n)
+        delta = x - self.mean
+        step = weight * delta
+        self.mean += step
+        self.var = (1.0 - weight) * (self.var + delta * step)
 
 
 @dataclass(slots=True)

@@ -8,13 +8,17 @@ each child shares an Exp(mean ``tau_s``) delay after its parent. With
 ``r < 1`` the process dies out with probability 1, after ``1 / (1 - r)``
 shares on average (heavy-tailed); ``max_size`` caps it in any case, keeping
 the earliest shares. A child keeps its parent's channel with probability
-0.6, else draws one uniformly (which may be the parent's again).
+0.6, else draws one (uniformly, or by ``channel_weights``; it may be the
+parent's again).
 
 This is the forecast's own model (``consumers.cascades.forecast``: mean
 offspring ``r``, exponential delays) plus what the forecast ignores:
 overdispersed offspring, per-cascade ``r`` and influencer roots
 (``simulate_campaign``). Real cascades differ more (audiences, time of day,
 saturation); do not read a backtest on this data as a field result.
+
+``viraltrace simulate`` (``app/simulate``) drives a running instance with
+cascades from this same model.
 """
 
 from __future__ import annotations
@@ -83,8 +87,15 @@ def _simulate(
     max_size: int,
     channels: Sequence[str],
     dispersion: float,
+    channel_weights: Sequence[float] | None = None,
 ) -> list[SimShare]:
-    root = SimShare(_new_id(rng, used), None, 0, start_ms, rng.choice(channels))
+    def draw_channel() -> str:
+        # Unweighted draws stay rng.choice, so seeded benchmarks keep their cascades.
+        if channel_weights is None:
+            return rng.choice(channels)
+        return rng.choices(channels, channel_weights)[0]
+
+    root = SimShare(_new_id(rng, used), None, 0, start_ms, draw_channel())
     out: list[SimShare] = []
     # Shares not yet emitted, earliest first; ``seq`` breaks ties in time so
     # that a parent (pushed earlier) always precedes its children.
@@ -96,7 +107,7 @@ def _simulate(
         mean = root_r if share.parent is None else r
         for _ in range(negative_binomial(rng, mean, dispersion)):
             delay_ms = round(rng.expovariate(1.0 / tau_s) * 1000.0)
-            channel = share.channel if rng.random() < KEEP_CHANNEL else rng.choice(channels)
+            channel = share.channel if rng.random() < KEEP_CHANNEL else draw_channel()
             child = SimShare(
                 _new_id(rng, used), share.node, share.depth + 1, share.ts_ms + delay_ms, channel
             )
@@ -115,6 +126,7 @@ def simulate_cascade(
     channels: Sequence[str] = CHANNELS,
     dispersion: float = 1.0,
     root_r: float | None = None,
+    channel_weights: Sequence[float] | None = None,
 ) -> list[SimShare]:
     """One cascade, root first, in time order (ties: parents before children).
 
@@ -123,7 +135,8 @@ def simulate_cascade(
     of a child after its parent, seconds. ``dispersion``: the negative
     binomial's ``k`` (1.0: geometric-like, many shares with no child and a
     few with many; ``math.inf``: Poisson). ``root_r``: the root's mean
-    children if not ``r`` (an influencer). Deterministic for a given
+    children if not ``r`` (an influencer). ``channel_weights``: relative
+    weights of ``channels`` (default: uniform). Deterministic for a given
     ``rng`` state; node ids are random non-zero 63-bit ints, unique within
     the cascade.
     """
@@ -139,6 +152,7 @@ def simulate_cascade(
         max_size=max_size,
         channels=channels,
         dispersion=dispersion,
+        channel_weights=channel_weights,
     )
 
 
