@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 from app.events import EVENT_TYPES
 from app.storage.clickhouse import ClickHouse
+from app.storage.lru import lru_get, lru_put
 
 TYPES: tuple[str, ...] = tuple(sorted(EVENT_TYPES))
 _TYPE_INDEX = {name: i for i, name in enumerate(TYPES)}
@@ -179,12 +180,9 @@ class RollupCounts:
             current = [(int(b), int(r)) for b, r in await ch.aquery_rows(_FINGERPRINT_SQL, params)]
         out: dict[int, Bucket] = {}
         stale: list[int] = []
-        cache = self._cache
         for b, rows in current:
-            key = (table, campaign, step, b)
-            hit = cache.get(key)
+            hit = lru_get(self._cache, (table, campaign, step, b))
             if hit is not None and hit.rows == rows and (hit.visitors is not None or not visitors):
-                cache.move_to_end(key)
                 out[b] = hit
             else:
                 stale.append(b)
@@ -200,7 +198,7 @@ class RollupCounts:
                     events[index] = int(n)
             bucket = Bucket(int(rows), tuple(events), int(seen) if visitors else None)
             out[b] = bucket
-            self._put((table, campaign, step, b), bucket)
+            lru_put(self._cache, (table, campaign, step, b), bucket, self.max_buckets)
         return out
 
     async def _read_by_hour(
@@ -232,15 +230,12 @@ class RollupCounts:
         out: dict[int, Bucket] = {}
         stale: list[int] = []
         for hour, rows in hour_rows.items():
-            key = (campaign, step, hour)
-            held = self._hours.get(key)
-            fresh = held is not None and held[0] == rows
+            held = lru_get(self._hours, (campaign, step, hour))
             if (
-                fresh
-                and held is not None
+                held is not None
+                and held[0] == rows
                 and (not visitors or all(b.visitors is not None for b in held[1].values()))
             ):
-                self._hours.move_to_end(key)
                 out.update((b, v) for b, v in held[1].items() if start <= b < end)
             else:
                 stale.append(hour)
@@ -261,11 +256,9 @@ class RollupCounts:
         for hour in stale:
             in_hour = {b: v for b, v in minutes.items() if hour <= b < hour + 3600}
             if sum(v.rows for v in in_hour.values()) == hour_rows[hour]:
-                self._hours[(campaign, step, hour)] = (hour_rows[hour], in_hour)
-                self._hours.move_to_end((campaign, step, hour))
+                kept = (hour_rows[hour], in_hour)
+                lru_put(self._hours, (campaign, step, hour), kept, max(1, self.max_buckets // 60))
             out.update((b, v) for b, v in in_hour.items() if start <= b < end)
-        while len(self._hours) > max(1, self.max_buckets // 60):
-            self._hours.popitem(last=False)
         return out
 
     def campaign_visitors(self, campaign: str, fingerprint: tuple[int, ...]) -> int | None:
@@ -276,20 +269,8 @@ class RollupCounts:
     def keep_campaign_visitors(
         self, campaign: str, fingerprint: tuple[int, ...], visitors: int
     ) -> None:
-        if self.max_buckets <= 0:
-            return
-        self._visitors[campaign] = (fingerprint, visitors)
-        self._visitors.move_to_end(campaign)
-        while len(self._visitors) > MAX_CAMPAIGNS:
-            self._visitors.popitem(last=False)
-
-    def _put(self, key: tuple[str, str, int, int], bucket: Bucket) -> None:
-        if self.max_buckets <= 0:
-            return
-        self._cache[key] = bucket
-        self._cache.move_to_end(key)
-        while len(self._cache) > self.max_buckets:
-            self._cache.popitem(last=False)
+        limit = MAX_CAMPAIGNS if self.max_buckets > 0 else 0
+        lru_put(self._visitors, campaign, (fingerprint, visitors), limit)
 
 
 async def timeseries(

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from app.storage.clickhouse import ClickHouse
+from app.storage.lru import lru_get, lru_put
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -365,18 +366,10 @@ class TreeCache:
         return len(self._trees)
 
     def get(self, key: tuple[str, str, int]) -> Tree | None:
-        tree = self._trees.get(key)
-        if tree is not None:
-            self._trees.move_to_end(key)
-        return tree
+        return lru_get(self._trees, key)
 
     def put(self, key: tuple[str, str, int], tree: Tree) -> None:
-        if self.size <= 0:
-            return
-        self._trees[key] = tree
-        self._trees.move_to_end(key)
-        while len(self._trees) > self.size:
-            self._trees.popitem(last=False)
+        lru_put(self._trees, key, tree, self.size)
 
 
 def flag_names(flags: int) -> list[str]:
