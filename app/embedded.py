@@ -139,9 +139,7 @@ class Embedded:
         sessions = sessionmaker(engine)
         runners = [
             *sink_runners(settings, clickhouse, self.consumers_stop, consumer_metrics, transport),
-            cascades_runner(
-                settings, clickhouse, self.consumers_stop, consumer_metrics, transport
-            ),
+            cascades_runner(settings, clickhouse, self.consumers_stop, consumer_metrics, transport),
             buzz_runner(settings, sessions, self.consumers_stop, consumer_metrics, transport),
             alerts_runner(
                 settings, clickhouse, sessions, self.consumers_stop, consumer_metrics, transport

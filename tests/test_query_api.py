@@ -220,6 +220,8 @@ async def test_counts_follow_new_events_and_ignore_replays(
         writer = Writer(migrated)
         writer.offset = 10**6
         fresh = plain_events(rng, 40, CAMPAIGN)
+        for i, event in enumerate(fresh):
+            event["visitor"] = f"new-visitor-{i}"
         replays = rng.sample(list(loaded.events.values()), 50)
         await writer.write(fresh + replays)
         for event in fresh:
@@ -233,6 +235,36 @@ async def test_counts_follow_new_events_and_ignore_replays(
         again = await get(client, f"/v1/campaigns/{CAMPAIGN}/summary")
         assert again["events"]["view"] == loaded.counts(CAMPAIGN)["view"]
         assert sum(again["events"].values()) == sum(summary["events"].values()) + len(fresh)
+        assert again["unique_visitors"] == summary["unique_visitors"] + len(fresh)
+
+
+async def test_an_hour_is_kept_only_once_its_minutes_add_up(
+    migrated: ClickHouse, loaded: Expected, tmp_path: Path
+) -> None:
+    """The two rollup views of one insert land one after the other: an hour whose
+    rollup moved before its minutes did must not be kept with the old minutes."""
+    rollup = (
+        "INSERT INTO {table:Identifier} SELECT {campaign:String},"
+        " toDateTime({bucket:UInt32}, 'UTC'), 'view', '', uniqExactState(toUUID({id:String})),"
+        " uniqState(CAST(NULL, 'Nullable(String)')), 1"
+    )
+    at = BASE_S + 1800  # inside the first hour
+    params = {"campaign": CAMPAIGN, "id": str(uuid.uuid4())}
+    window = {"metric": "views", "from": when(BASE_S), "to": when(BASE_S + 3600)}
+    url = f"/v1/campaigns/{CAMPAIGN}/timeseries"
+    async with running_app(settings_for(tmp_path), clickhouse=migrated) as (_, client):
+        before = await get(client, url, **window)
+        await migrated.acommand(
+            rollup, {**params, "table": "events_per_hour", "bucket": at - at % 3600}
+        )
+        assert await get(client, url, **window) == before  # the minute is not there yet
+        await migrated.acommand(rollup, {**params, "table": "events_per_minute", "bucket": at})
+        after = await get(client, url, **window)
+    changed = [(a, b) for a, b in zip(before["points"], after["points"], strict=True) if a != b]
+    assert changed == [
+        ({"t": iso_s(at), "value": before["points"][30]["value"]},
+         {"t": iso_s(at), "value": before["points"][30]["value"] + 1})
+    ]  # fmt: skip
 
 
 async def test_counts_are_the_same_without_the_cache(

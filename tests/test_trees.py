@@ -15,16 +15,16 @@ from hypothesis import strategies as st
 from app.storage.trees import build_tree
 
 
-def arrays(rows: list[tuple[int, int | None, int, int, int]]) -> list[Any]:
-    """(id, parent, depth, ts, version) rows as the tree query's columns, shuffled."""
-    return [
-        numpy.array([r[0] for r in rows], dtype=numpy.uint64),
-        numpy.array([r[1] or 0 for r in rows], dtype=numpy.uint64),
-        numpy.array([r[1] is not None for r in rows], dtype=numpy.uint8),
-        numpy.array([r[2] for r in rows], dtype=numpy.uint16),
-        numpy.array([r[3] for r in rows], dtype=numpy.int64),
-        numpy.array([r[4] for r in rows], dtype=numpy.uint64),
-    ]
+def arrays(rows: list[tuple[int, int | None, int, int, int]]) -> dict[str, Any]:
+    """(id, parent, depth, ts, version) rows as the tree query's columns."""
+    return {
+        "id": numpy.array([r[0] for r in rows], dtype=numpy.uint64),
+        "parent_id": numpy.array([r[1] or 0 for r in rows], dtype=numpy.uint64),
+        "has_parent": numpy.array([r[1] is not None for r in rows], dtype=numpy.uint8),
+        "depth": numpy.array([r[2] for r in rows], dtype=numpy.uint16),
+        "ts_ms": numpy.array([r[3] for r in rows], dtype=numpy.int64),
+        "version": numpy.array([r[4] for r in rows], dtype=numpy.uint64),
+    }
 
 
 def brute_force(
@@ -54,13 +54,25 @@ def check(rows: list[tuple[int, int | None, int, int, int]]) -> None:
         if node not in best or version > best[node]:
             best[node] = version
             latest[node] = (parent, depth, ts)
-    tree = build_tree(*arrays(rows))
+    tree = build_tree(arrays(rows))
     below, linked, order = brute_force(latest)
     ids = tree.ids.tolist()
     assert ids == sorted(latest)
     assert dict(zip(ids, tree.descendants.tolist(), strict=True)) == below
     assert dict(zip(ids, tree.parent_linked.tolist(), strict=True)) == linked
     assert [ids[p] for p in tree.page(len(ids) + 5)] == order
+    rows, more = tree.nodes(len(order))
+    assert not more
+    assert [(int(r.id, 16), r.descendants, r.parent_linked, r.depth, r.ts) for r in rows] == [
+        (node, below[node], linked[node], latest[node][1], latest[node][2]) for node in order
+    ]
+    parent_of = {int(r.id, 16): r.parent for r in rows}
+    assert parent_of == {
+        node: None if parent is None else f"{parent:016x}"
+        for node, (parent, _, _) in latest.items()
+    }
+    if len(order) > 1:
+        assert tree.nodes(len(order) - 1)[1] is True
     # Pages after any node's key, or after a key between nodes, continue in order.
     for cut in range(0, len(order), max(1, len(order) // 7)):
         node = order[cut]
@@ -121,5 +133,5 @@ def test_build_tree_on_arbitrary_rows(rows: list[tuple[int, int | None, int, int
 
 
 def test_an_empty_tree() -> None:
-    tree = build_tree(*arrays([]))
-    assert len(tree) == 0 and tree.page(10) == []
+    tree = build_tree(arrays([]))
+    assert len(tree) == 0 and tree.page(10) == [] and tree.nodes(10) == ([], False)

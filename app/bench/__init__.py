@@ -17,9 +17,7 @@ from app.bench.sentiment import sentiment as _sentiment
 from app.bench.sink import latency as _latency
 from app.bench.sink import sink as _sink
 
-bench = typer.Typer(
-    help="Benchmarks (rerunnable; see docs/benchmarks.md).", no_args_is_help=True
-)
+bench = typer.Typer(help="Benchmarks (rerunnable; see docs/benchmarks.md).", no_args_is_help=True)
 bench.command("ingest")(_ingest)
 bench.command("sink")(_sink)
 bench.command("latency")(_latency)

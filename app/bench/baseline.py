@@ -103,8 +103,13 @@ async def pixel(
     received = now_ms()
     tracking = state.settings.tracking
     event = EventIn(
-        type=e, campaign=c, token=t, channel=ch, event_id=None if eid is None else str(eid),
-        ts=ts, url=u,
+        type=e,
+        campaign=c,
+        token=t,
+        channel=ch,
+        event_id=None if eid is None else str(eid),
+        ts=ts,
+        url=u,
     )
     try:
         if state.ip_buckets.take(state.enricher.client_ip(request.scope)) or (
@@ -126,8 +131,15 @@ async def pixel(
         parent = token
         token = state.signer.mint_child(token) if token else state.signer.mint_root(c)
     wire = build_event(
-        event, event_type=event_type, token=token, client=client, source="pixel",
-        ts=event_ts, received_ms=received, url=url, parent=parent,
+        event,
+        event_type=event_type,
+        token=token,
+        client=client,
+        source="pixel",
+        ts=event_ts,
+        received_ms=received,
+        url=url,
+        parent=parent,
     )
     state.require_bus().publish_nowait(Record(state.topic, partition_key(wire), orjson.dumps(wire)))
     state.metrics.count_ingest(event_type, "accepted")
@@ -169,8 +181,15 @@ async def post_events(
                 state.signer.mint_child(token) if token else state.signer.mint_root(event.campaign)
             )
         wire = build_event(
-            event, event_type=event.type, token=token, client=client, source="api",
-            ts=ts, received_ms=received, url=url, parent=parent,
+            event,
+            event_type=event.type,
+            token=token,
+            client=client,
+            source="api",
+            ts=ts,
+            received_ms=received,
+            url=url,
+            parent=parent,
         )
         records.append(Record(state.topic, partition_key(wire), orjson.dumps(wire)))
         per_campaign[event.campaign] = per_campaign.get(event.campaign, 0) + 1

@@ -273,7 +273,10 @@ def run_backtest(
             observations.append(_Observation(cascade, now, size, len(cascade.ts)))
         rows.append(
             _row(
-                "life", f, "linear extrapolation", [(o.size / f, o) for o in observations],
+                "life",
+                f,
+                "linear extrapolation",
+                [(o.size / f, o) for o in observations],
                 model_min_size,
             )
         )
@@ -364,18 +367,30 @@ def forecast(
             continue
         table = Table(title=title)
         columns = (
-            "f" if protocol == "life" else "k", "model", "cascades", "median APE", "p25", "p75",
-            "no forecast (too small)", "median, None->n", "sum ratio",
+            "f" if protocol == "life" else "k",
+            "model",
+            "cascades",
+            "median APE",
+            "p25",
+            "p75",
+            "no forecast (too small)",
+            "median, None->n",
+            "sum ratio",
         )
         for column in columns:
             table.add_column(column, justify="left" if column == "model" else "right")
         for row in selected:
             style = "bold" if protocol == "life" and row.at == observe else None
             table.add_row(
-                f"{row.at:g}", row.model, f"{row.cascades:,}", f"{row.median_ape:.3f}",
-                f"{row.p25_ape:.3f}", f"{row.p75_ape:.3f}",
+                f"{row.at:g}",
+                row.model,
+                f"{row.cascades:,}",
+                f"{row.median_ape:.3f}",
+                f"{row.p25_ape:.3f}",
+                f"{row.p75_ape:.3f}",
                 f"{row.no_forecast:.1%} ({row.too_small:.1%})",
-                f"{row.median_ape_fallback:.3f}", f"{row.sum_ratio:.2f}",
+                f"{row.median_ape_fallback:.3f}",
+                f"{row.sum_ratio:.2f}",
                 style=style,
             )
         console.print(table)

@@ -67,7 +67,14 @@ RAISED_LIMIT = "1e9"
 # on its behalf counts too) above this share of the run marks the run as disturbed.
 DISTURBED_OTHER_CPU_PCT = 15.0
 PACKAGES = (
-    "fastapi", "starlette", "pydantic", "granian", "uvicorn", "uvloop", "httptools", "orjson",
+    "fastapi",
+    "starlette",
+    "pydantic",
+    "granian",
+    "uvicorn",
+    "uvloop",
+    "httptools",
+    "orjson",
 )
 
 App = Literal["nginx", "viraltrace", "baseline"]
@@ -113,8 +120,9 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("viraltrace-pixel-granian-kafka", "viraltrace", "granian", "pixel", "kafka"),
     Variant("viraltrace-events-granian-kafka", "viraltrace", "granian", "events", "kafka"),
     Variant("baseline-events-uvicorn-kafka", "baseline", "uvicorn", "events", "kafka"),
-    Variant("idiomatic-events-uvicorn-kafka", "baseline", "uvicorn", "events", "kafka",
-            "per_event"),
+    Variant(
+        "idiomatic-events-uvicorn-kafka", "baseline", "uvicorn", "events", "kafka", "per_event"
+    ),
 )
 VARIANT_KEYS = tuple(v.key for v in VARIANTS)
 
@@ -128,26 +136,66 @@ class Ratio:
 
 
 RATIOS: tuple[Ratio, ...] = (
-    Ratio("pixel / idiomatic FastAPI pixel (granian vs uvicorn)",
-          "viraltrace-pixel-granian", "baseline-pixel-uvicorn", 4.0),
-    Ratio("pixel / nginx empty_gif (in-process bus)",
-          "viraltrace-pixel-granian", "nginx-empty-gif", 0.20),
-    Ratio("pixel / nginx empty_gif (Kafka mode)",
-          "viraltrace-pixel-granian-kafka", "nginx-empty-gif", 0.20),
-    Ratio("events / idiomatic pydantic-body events, publish per event (Kafka)",
-          "viraltrace-events-granian-kafka", "idiomatic-events-uvicorn-kafka", 5.0),
-    Ratio("events / pydantic-body events with one publish (Kafka)",
-          "viraltrace-events-granian-kafka", "baseline-events-uvicorn-kafka", None),
-    Ratio("events / pydantic-body events with one publish (in-process bus)",
-          "viraltrace-events-granian", "baseline-events-uvicorn", None),
-    Ratio("pixel / idiomatic pixel, both on granian (code only)",
-          "viraltrace-pixel-granian", "baseline-pixel-granian", None),
-    Ratio("events / idiomatic events, both on granian (code only)",
-          "viraltrace-events-granian", "baseline-events-granian", None),
-    Ratio("idiomatic pixel: granian / uvicorn (server only)",
-          "baseline-pixel-granian", "baseline-pixel-uvicorn", None),
-    Ratio("viraltrace pixel: granian / uvicorn (server only)",
-          "viraltrace-pixel-granian", "viraltrace-pixel-uvicorn", None),
+    Ratio(
+        "pixel / idiomatic FastAPI pixel (granian vs uvicorn)",
+        "viraltrace-pixel-granian",
+        "baseline-pixel-uvicorn",
+        4.0,
+    ),
+    Ratio(
+        "pixel / nginx empty_gif (in-process bus)",
+        "viraltrace-pixel-granian",
+        "nginx-empty-gif",
+        0.20,
+    ),
+    Ratio(
+        "pixel / nginx empty_gif (Kafka mode)",
+        "viraltrace-pixel-granian-kafka",
+        "nginx-empty-gif",
+        0.20,
+    ),
+    Ratio(
+        "events / idiomatic pydantic-body events, publish per event (Kafka)",
+        "viraltrace-events-granian-kafka",
+        "idiomatic-events-uvicorn-kafka",
+        5.0,
+    ),
+    Ratio(
+        "events / pydantic-body events with one publish (Kafka)",
+        "viraltrace-events-granian-kafka",
+        "baseline-events-uvicorn-kafka",
+        None,
+    ),
+    Ratio(
+        "events / pydantic-body events with one publish (in-process bus)",
+        "viraltrace-events-granian",
+        "baseline-events-uvicorn",
+        None,
+    ),
+    Ratio(
+        "pixel / idiomatic pixel, both on granian (code only)",
+        "viraltrace-pixel-granian",
+        "baseline-pixel-granian",
+        None,
+    ),
+    Ratio(
+        "events / idiomatic events, both on granian (code only)",
+        "viraltrace-events-granian",
+        "baseline-events-granian",
+        None,
+    ),
+    Ratio(
+        "idiomatic pixel: granian / uvicorn (server only)",
+        "baseline-pixel-granian",
+        "baseline-pixel-uvicorn",
+        None,
+    ),
+    Ratio(
+        "viraltrace pixel: granian / uvicorn (server only)",
+        "viraltrace-pixel-granian",
+        "viraltrace-pixel-uvicorn",
+        None,
+    ),
 )
 
 
@@ -231,8 +279,8 @@ def _get_script(path: str) -> str:
         "local n = 0\n"
         "request = function()\n"
         "  n = n + 1\n"
-        "  return wrk.format(\"GET\", path .. string.format("
-        "\"&eid=%08x-%04x-4%03x-8%03x-%012x\", math.random(0, 0x7fffffff), "
+        '  return wrk.format("GET", path .. string.format('
+        '"&eid=%08x-%04x-4%03x-8%03x-%012x", math.random(0, 0x7fffffff), '
         "math.random(0, 0xffff), math.random(0, 0xfff), math.random(0, 0xfff), n))\n"
         "end\n"
     ) + WRK_DONE
@@ -240,11 +288,11 @@ def _get_script(path: str) -> str:
 
 def _post_script(body_path: Path) -> str:
     return (
-        f"local f = assert(io.open({json.dumps(str(body_path))}, \"rb\"))\n"
-        "wrk.method = \"POST\"\n"
-        "wrk.body = f:read(\"*a\")\n"
+        f'local f = assert(io.open({json.dumps(str(body_path))}, "rb"))\n'
+        'wrk.method = "POST"\n'
+        'wrk.body = f:read("*a")\n'
         "f:close()\n"
-        "wrk.headers[\"Content-Type\"] = \"application/json\"\n"
+        'wrk.headers["Content-Type"] = "application/json"\n'
     ) + WRK_DONE
 
 
@@ -289,12 +337,27 @@ def _group_cpu_s(pgid: int) -> float:
 
 
 def _run_wrk(
-    url: str, script: Path, threads: int, connections: int, seconds: int, server_pgid: int,
+    url: str,
+    script: Path,
+    threads: int,
+    connections: int,
+    seconds: int,
+    server_pgid: int,
     broker_pgid: int | None = None,
 ) -> WrkOutput:
     argv = [
-        "taskset", "-c", str(LOAD_CPU), "wrk", f"-t{threads}", f"-c{connections}",
-        f"-d{seconds}s", "--timeout", "5s", "-s", str(script), url,
+        "taskset",
+        "-c",
+        str(LOAD_CPU),
+        "wrk",
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{seconds}s",
+        "--timeout",
+        "5s",
+        "-s",
+        str(script),
+        url,
     ]
     before_usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     before_cpu = _cpu_times()
@@ -327,8 +390,12 @@ def _run_wrk(
         before_usage.ru_utime + before_usage.ru_stime
     )
     return WrkOutput(
-        stats, int(match[1]) if match else 0, wrk_cpu, after_server - before_server,
-        after_broker - before_broker, cpu,
+        stats,
+        int(match[1]) if match else 0,
+        wrk_cpu,
+        after_server - before_server,
+        after_broker - before_broker,
+        cpu,
     )
 
 
@@ -421,21 +488,56 @@ def _server_command(
     workdir.mkdir(exist_ok=True)
     if variant.app == "viraltrace":
         argv = [
-            *_viraltrace_argv(), "serve", "--host", HOST, "--port", str(port),
-            "--workers", "1", "--server", variant.server,
+            *_viraltrace_argv(),
+            "serve",
+            "--host",
+            HOST,
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--server",
+            variant.server,
         ]
         return argv, workdir
     target = "app.bench.baseline:baseline_app_from_env"
     if variant.server == "uvicorn":
         argv = [
-            sys.executable, "-m", "uvicorn", target, "--factory", "--host", HOST,
-            "--port", str(port), "--workers", "1", "--no-access-log", "--log-level", "warning",
+            sys.executable,
+            "-m",
+            "uvicorn",
+            target,
+            "--factory",
+            "--host",
+            HOST,
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--no-access-log",
+            "--log-level",
+            "warning",
         ]
     else:
         argv = [
-            sys.executable, "-m", "granian", "--interface", "asgi", "--factory",
-            "--host", HOST, "--port", str(port), "--workers", "1", "--loop", "uvloop",
-            "--no-access-log", "--log-level", "warning", target,
+            sys.executable,
+            "-m",
+            "granian",
+            "--interface",
+            "asgi",
+            "--factory",
+            "--host",
+            HOST,
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--loop",
+            "uvloop",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+            target,
         ]
     return argv, workdir
 
@@ -454,9 +556,22 @@ def _start_broker(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
     log = tmp / "noida.log"
     with open(log, "wb") as log_file:
         proc = subprocess.Popen(
-            ["taskset", "-c", str(LOAD_CPU), str(binary), "start", "--only", "kafka",
-             "--kafka-port", str(port), "--data-dir", str(tmp / "noida")],
-            stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                "taskset",
+                "-c",
+                str(LOAD_CPU),
+                str(binary),
+                "start",
+                "--only",
+                "kafka",
+                "--kafka-port",
+                str(port),
+                "--data-dir",
+                str(tmp / "noida"),
+            ],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     deadline = time.monotonic() + READY_TIMEOUT_S
     while True:
@@ -491,8 +606,12 @@ def _server(
 ) -> Iterator[subprocess.Popen[bytes]]:
     with open(log, "wb") as log_file:
         proc = subprocess.Popen(
-            ["taskset", "-c", str(SERVER_CPU), *argv], stdout=log_file,
-            stderr=subprocess.STDOUT, env=dict(env), cwd=cwd, start_new_session=True,
+            ["taskset", "-c", str(SERVER_CPU), *argv],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=dict(env),
+            cwd=cwd,
+            start_new_session=True,
         )
         try:
             yield proc
@@ -508,8 +627,12 @@ def _log_tail(log: Path) -> str:
 
 
 def _request(
-    port: int, method: str, path: str, body: bytes | None = None,
-    headers: Mapping[str, str] | None = None, timeout: float = 10.0,
+    port: int,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: Mapping[str, str] | None = None,
+    timeout: float = 10.0,
 ) -> tuple[int, dict[str, str], bytes]:
     conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
     try:
@@ -532,8 +655,9 @@ def _wait_ready(proc: subprocess.Popen[bytes], port: int, log: Path) -> None:
         except (OSError, http.client.HTTPException):
             pass
         if time.monotonic() > deadline:
-            raise BenchError(f"server not answering after {READY_TIMEOUT_S:.0f} s:\n"
-                             f"{_log_tail(log)}")
+            raise BenchError(
+                f"server not answering after {READY_TIMEOUT_S:.0f} s:\n{_log_tail(log)}"
+            )
         time.sleep(0.1)
 
 
@@ -561,7 +685,10 @@ def _sample_answer(variant: Variant, fixture: Fixture, port: int) -> str:
             status, _, body = _request(port, "GET", fixture.pixel_path)
         else:
             status, _, body = _request(
-                port, "POST", "/v1/events", fixture.events_body,
+                port,
+                "POST",
+                "/v1/events",
+                fixture.events_body,
                 {"Content-Type": "application/json"},
             )
     except (OSError, http.client.HTTPException) as exc:
@@ -581,7 +708,10 @@ def _check_answer(variant: Variant, fixture: Fixture, port: int) -> None:
         expected = 1
     else:
         status, _, body = _request(
-            port, "POST", "/v1/events", fixture.events_body,
+            port,
+            "POST",
+            "/v1/events",
+            fixture.events_body,
             {"Content-Type": "application/json"},
         )
         try:
@@ -589,8 +719,10 @@ def _check_answer(variant: Variant, fixture: Fixture, port: int) -> None:
         except ValueError:
             answer = None
         if (
-            status != 202 or not isinstance(answer, dict)
-            or answer.get("accepted") != EVENTS_PER_REQUEST or answer.get("rejected")
+            status != 202
+            or not isinstance(answer, dict)
+            or answer.get("accepted") != EVENTS_PER_REQUEST
+            or answer.get("rejected")
         ):
             raise BenchError(f"events answered {status}: {body[:300]!r}")
         expected = EVENTS_PER_REQUEST
@@ -609,8 +741,10 @@ def _check_answer(variant: Variant, fixture: Fixture, port: int) -> None:
 
 def _other_work(result: RunResult) -> float:
     """How much of the run's CPUs went to other work (percent of a core, the worse CPU)."""
-    return max(result.server_cpu_busy_pct - result.server_cpu_pct,
-               result.load_cpu_busy_pct - result.wrk_cpu_pct - result.broker_cpu_pct)
+    return max(
+        result.server_cpu_busy_pct - result.server_cpu_pct,
+        result.load_cpu_busy_pct - result.wrk_cpu_pct - result.broker_cpu_pct,
+    )
 
 
 def _wait_quiet(console: Console, max_wait_s: float) -> None:
@@ -629,18 +763,30 @@ def _wait_quiet(console: Console, max_wait_s: float) -> None:
         if busy <= DISTURBED_OTHER_CPU_PCT:
             return
         if time.monotonic() > deadline:
-            console.print(f"  [yellow]a CPU is still {busy:.0f}% busy with other work; "
-                          f"measuring anyway[/yellow]")
+            console.print(
+                f"  [yellow]a CPU is still {busy:.0f}% busy with other work; "
+                f"measuring anyway[/yellow]"
+            )
             return
         if not said:
-            console.print(f"  [yellow]a CPU is {busy:.0f}% busy with other work; waiting up to "
-                          f"{max_wait_s:.0f} s for it to calm down[/yellow]")
+            console.print(
+                f"  [yellow]a CPU is {busy:.0f}% busy with other work; waiting up to "
+                f"{max_wait_s:.0f} s for it to calm down[/yellow]"
+            )
             said = True
 
 
 def _measure(
-    variant: Variant, fixture: Fixture, round_no: int, *, nginx: str, threads: int,
-    connections: int, warmup: int, duration: int, console: Console,
+    variant: Variant,
+    fixture: Fixture,
+    round_no: int,
+    *,
+    nginx: str,
+    threads: int,
+    connections: int,
+    warmup: int,
+    duration: int,
+    console: Console,
 ) -> RunResult:
     result = RunResult(variant.key, round_no)
     port = _free_port()
@@ -691,15 +837,18 @@ def _measure(
     per_request = EVENTS_PER_REQUEST if variant.endpoint == "events" else 1
     if result.non_2xx:
         # Error answers are often not logged (HTTPException): show one, and the log.
-        result.error = (f"{result.non_2xx} error responses (status >= 400) during the run; "
-                        f"one request right after: {sample}; server log:\n{_log_tail(log)}")
+        result.error = (
+            f"{result.non_2xx} error responses (status >= 400) during the run; "
+            f"one request right after: {sample}; server log:\n{_log_tail(log)}"
+        )
     elif result.dlq_events:
         result.error = f"{result.dlq_events} events went to the DLQ during the run"
     elif result.accepted_events is not None and result.accepted_events < (
         result.requests * per_request
     ):
-        result.error = (f"only {result.accepted_events} events accepted for "
-                        f"{result.requests} requests")
+        result.error = (
+            f"only {result.accepted_events} events accepted for {result.requests} requests"
+        )
     if result.error:
         console.print(f"  [bold red]FAILED[/bold red]: {result.error}")
         return result
@@ -731,8 +880,12 @@ def _fixture(tmp: Path) -> Fixture:
     now_ms = time.time_ns() // 1_000_000
     events = [
         {
-            "type": kinds[i % len(kinds)], "campaign": CAMPAIGN, "token": token,
-            "channel": "email", "event_id": str(uuid.uuid4()), "ts": now_ms - i,
+            "type": kinds[i % len(kinds)],
+            "campaign": CAMPAIGN,
+            "token": token,
+            "channel": "email",
+            "event_id": str(uuid.uuid4()),
+            "ts": now_ms - i,
             "url": f"https://shop.example/page/{i}",
         }
         for i in range(EVENTS_PER_REQUEST)
@@ -747,8 +900,13 @@ def _fixture(tmp: Path) -> Fixture:
     import app
 
     return Fixture(
-        tmp=tmp, token=token, token_key=key, pixel_path=f"/p.gif?{query}", events_body=body,
-        get_script=get_script, post_script=post_script,
+        tmp=tmp,
+        token=token,
+        token_key=key,
+        pixel_path=f"/p.gif?{query}",
+        events_body=body,
+        get_script=get_script,
+        post_script=post_script,
         project_root=Path(app.__file__).resolve().parent.parent,
     )
 
@@ -795,9 +953,16 @@ def _report(
 ) -> tuple[dict[str, float | None], list[dict[str, Any]]]:
     table = Table(title="Ingest throughput (server on CPU 0, wrk on CPU 1)")
     for column, justify in (
-        ("variant", "left"), ("req/s", "right"), ("p50 ms", "right"), ("p99 ms", "right"),
-        ("non-2xx", "right"), ("sock err", "right"), ("server CPU", "right"),
-        ("CPU0 other", "right"), ("CPU0 steal", "right"), ("wrk CPU", "right"),
+        ("variant", "left"),
+        ("req/s", "right"),
+        ("p50 ms", "right"),
+        ("p99 ms", "right"),
+        ("non-2xx", "right"),
+        ("sock err", "right"),
+        ("server CPU", "right"),
+        ("CPU0 other", "right"),
+        ("CPU0 steal", "right"),
+        ("wrk CPU", "right"),
         ("CPU1 busy", "right"),
     ):
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
@@ -819,11 +984,16 @@ def _report(
         if rounds > 1:
             rps += f" ({min(r.rps for r in good):,.0f}-{max(r.rps for r in good):,.0f})"
         table.add_row(
-            variant.key, rps, f"{last.latency_p50_ms:.2f}", f"{last.latency_p99_ms:.2f}",
-            str(last.non_2xx), str(sum(last.socket_errors.values())),
+            variant.key,
+            rps,
+            f"{last.latency_p50_ms:.2f}",
+            f"{last.latency_p99_ms:.2f}",
+            str(last.non_2xx),
+            str(sum(last.socket_errors.values())),
             f"{last.server_cpu_pct:.0f}%",
             f"{max(0.0, last.server_cpu_busy_pct - last.server_cpu_pct):.0f}%",
-            f"{last.server_cpu_steal_pct:.1f}%", f"{last.wrk_cpu_pct:.0f}%",
+            f"{last.server_cpu_steal_pct:.1f}%",
+            f"{last.wrk_cpu_pct:.0f}%",
             f"{last.load_cpu_busy_pct:.0f}%",
         )
     console.print(table)
@@ -894,8 +1064,10 @@ def ingest(
         typer.echo(INSTALL_HINT)
         raise typer.Exit(2)
     if not {SERVER_CPU, LOAD_CPU} <= os.sched_getaffinity(0):
-        console.print(f"[red]needs CPUs {SERVER_CPU} and {LOAD_CPU} "
-                      f"(server and load generator on separate cores)[/red]")
+        console.print(
+            f"[red]needs CPUs {SERVER_CPU} and {LOAD_CPU} "
+            f"(server and load generator on separate cores)[/red]"
+        )
         raise typer.Exit(2)
     unknown = sorted(set(only or ()) - set(VARIANT_KEYS))
     if unknown:
@@ -919,13 +1091,21 @@ def ingest(
             for variant in variants:
                 attempts: list[RunResult] = []
                 for attempt in range(retries + 1):
-                    console.print(f"[cyan]{variant.key}[/cyan] (round {round_no}"
-                                  f"{f', retry {attempt}' if attempt else ''}) ...")
+                    console.print(
+                        f"[cyan]{variant.key}[/cyan] (round {round_no}"
+                        f"{f', retry {attempt}' if attempt else ''}) ..."
+                    )
                     _wait_quiet(console, quiet_wait)
                     try:
                         result = _measure(
-                            variant, fixture, round_no, nginx=nginx, threads=threads,
-                            connections=connections, warmup=warmup, duration=duration,
+                            variant,
+                            fixture,
+                            round_no,
+                            nginx=nginx,
+                            threads=threads,
+                            connections=connections,
+                            warmup=warmup,
+                            duration=duration,
                             console=console,
                         )
                     except (BenchError, subprocess.SubprocessError, OSError) as exc:
@@ -955,11 +1135,17 @@ def ingest(
             "started_at": started.isoformat(),
             "finished_at": datetime.now(UTC).isoformat(),
             "config": {
-                "duration_s": duration, "warmup_s": warmup, "connections": connections,
-                "threads": threads, "rounds": rounds, "retries": retries,
-                "quiet_wait_s": quiet_wait, "server_cpu": SERVER_CPU,
+                "duration_s": duration,
+                "warmup_s": warmup,
+                "connections": connections,
+                "threads": threads,
+                "rounds": rounds,
+                "retries": retries,
+                "quiet_wait_s": quiet_wait,
+                "server_cpu": SERVER_CPU,
                 "disturbed_other_cpu_pct": DISTURBED_OTHER_CPU_PCT,
-                "load_cpu": LOAD_CPU, "events_per_request": EVENTS_PER_REQUEST,
+                "load_cpu": LOAD_CPU,
+                "events_per_request": EVENTS_PER_REQUEST,
                 "pixel_path": fixture.pixel_path.replace(fixture.token, "<token>"),
             },
             "machine": _machine(nginx),

@@ -16,8 +16,11 @@ Load (into an embedded engine, chdb, under a temporary or given directory):
 Measure: the real app (``create_asgi``) served by uvicorn in a thread of this
 process, requests from ``httpx.Client`` over loopback TCP, one at a time,
 with an operator read key; the clock covers one request (send to body read).
-For each endpoint, the first request (cold caches) is reported on its own,
-then ``--requests`` more give p50/p95/p99. Variants:
+Three instances of the app (the variants below) serve at once. Each endpoint
+of each variant gets one request with cold caches (reported as ``first``),
+then ``--requests`` rounds each send one request to every endpoint of every
+variant in turn, so that the shared machine's load changes touch them alike;
+p50/p95/p99 are over those. Variants:
 
 * ``summary`` and ``timeseries`` (1 day at 1m; ``shares``, also ``events``
   and ``visitors``) as configured by default (the per-bucket counts cache on),
@@ -40,7 +43,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -244,22 +247,43 @@ def serving(ch: ClickHouse, data_dir: Path, **query: Any) -> Iterator[str]:
         thread.join(30)
 
 
-def measure(get: Callable[[], int], n: int) -> dict[str, float]:
-    """The first call (cold) on its own, then ``n`` calls: p50/p95/p99 in ms."""
+def _timed(get: Callable[[], int]) -> float:
+    started = time.perf_counter()
+    status = get()
+    elapsed = (time.perf_counter() - started) * 1000
+    if status != 200:
+        raise RuntimeError(f"HTTP {status}")
+    return elapsed
 
-    def one() -> float:
-        started = time.perf_counter()
-        status = get()
-        elapsed = (time.perf_counter() - started) * 1000
-        if status != 200:
-            raise RuntimeError(f"HTTP {status}")
-        return elapsed
 
-    first = one()
-    times = sorted(one() for _ in range(n))
-    cuts = statistics.quantiles(times, n=100, method="inclusive")
-    return {"n": n, "first": first, "p50": cuts[49], "p95": cuts[94], "p99": cuts[98],
-            "max": times[-1]}  # fmt: skip
+def summarize(first: float, times: list[float]) -> dict[str, float]:
+    cuts = statistics.quantiles(sorted(times), n=100, method="inclusive")
+    return {"n": len(times), "first": first, "p50": cuts[49], "p95": cuts[94], "p99": cuts[98],
+            "max": max(times)}  # fmt: skip
+
+
+def load(ch: ClickHouse, events: int, nodes: int, console: Console) -> dict[str, Any]:
+    """Migrate and load; what was loaded (for ``--data-dir`` reuse)."""
+    from app.storage.migrate import MIGRATIONS_DIR, migrate
+
+    migrate(ch, MIGRATIONS_DIR, settings_ttl_days=400)
+    end_ms = time.time_ns() // 1_000_000
+    console.print(f"loading {events:,} events and a {nodes:,}-node cascade ...")
+    events_s = load_events(ch, events, end_ms, console)
+    root, cascades_s = load_cascades(ch, nodes, end_ms)
+    merges_s = settle_merges(ch)
+    [(total,)] = ch.query_rows("SELECT count() FROM events")
+    parts = ch.query_rows(
+        "SELECT table, count() FROM system.parts WHERE active AND database = currentDatabase()"
+        " AND table IN ('events', 'events_per_minute', 'events_per_hour', 'cascade_nodes')"
+        " GROUP BY table ORDER BY table"
+    )
+    console.print(
+        f"loaded {total:,} events in {events_s:.0f} s, cascades in {cascades_s:.0f} s,"
+        f" merges settled in {merges_s:.0f} s; active parts: "
+        + ", ".join(f"{t} {n}" for t, n in parts)
+    )
+    return {"events": events, "nodes": nodes, "root": root, "end_ms": end_ms}
 
 
 def query(
@@ -270,32 +294,33 @@ def query(
         int, typer.Option(help="timed requests per endpoint with the rollup cache off")
     ] = 20,
     data_dir: Annotated[
-        Path | None, typer.Option(help="engine directory (default: a temporary one)")
+        Path | None,
+        typer.Option(
+            help="keep the data here (default: a temporary directory); reused when"
+            " it already holds the same --events and --nodes"
+        ),
     ] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="write results here")] = None,
     check: Annotated[bool, typer.Option(help="exit 1 when a target is missed")] = False,
 ) -> None:
     """The query API's latency over HTTP on a loaded embedded engine (docs/benchmarks.md)."""
     from app.storage.clickhouse import ClickHouse
-    from app.storage.migrate import MIGRATIONS_DIR, migrate
 
     console = Console()
     with tempfile.TemporaryDirectory(prefix="vt-bench-query-") as tmp:
         base = data_dir or Path(tmp)
         ch = ClickHouse(f"chdb://{(base / 'clickhouse').resolve()}")
         try:
-            migrate(ch, MIGRATIONS_DIR, settings_ttl_days=400)
-            end_ms = time.time_ns() // 1_000_000
-            console.print(f"loading {events:,} events and a {nodes:,}-node cascade ...")
-            events_s = load_events(ch, events, end_ms, console)
-            root, cascades_s = load_cascades(ch, nodes, end_ms)
-            merges_s = settle_merges(ch)
-            [(total,)] = ch.query_rows("SELECT count() FROM events")
-            console.print(
-                f"loaded {total:,} events in {events_s:.0f} s, cascades in {cascades_s:.0f} s,"
-                f" merges settled in {merges_s:.0f} s"
+            marker = base / "bench-query.json"
+            loaded = json.loads(marker.read_text()) if marker.exists() else {}
+            if loaded.get("events") == events and loaded.get("nodes") == nodes:
+                console.print(f"reusing the data loaded in {base} (delete it to reload)")
+            else:
+                loaded = load(ch, events, nodes, console)
+                marker.write_text(json.dumps(loaded))
+            results = run_requests(
+                ch, base, loaded["root"], loaded["end_ms"], requests, uncached_requests
             )
-            results = run_requests(ch, base, root, requests, uncached_requests)
         finally:
             ch.close()
     table = Table(title=f"query API, {events:,} events, {nodes:,}-node cascade (ms)")
@@ -328,37 +353,51 @@ def _getter(client: httpx.Client, path: str, **params: str) -> Callable[[], int]
 
 
 def run_requests(
-    ch: ClickHouse, base: Path, root: str, n: int, n_uncached: int
+    ch: ClickHouse, base: Path, root: str, end_ms: int, n: int, n_uncached: int
 ) -> dict[tuple[str, str], dict[str, float]]:
-    """Every variant's timings; see the module docstring."""
+    """Every endpoint and variant, interleaved round by round (so the machine's
+    load changes touch them all alike); see the module docstring."""
     import httpx
 
     from app.storage.query import iso_s
 
-    now = int(time.time())
-    day = {"from": iso_s(now - 86_400 - now % 60), "to": iso_s(now - now % 60)}
+    end = end_ms // 1000 - end_ms // 1000 % 60
+    day = {"from": iso_s(end - 86_400), "to": iso_s(end)}
     campaign = f"/v1/campaigns/{CAMPAIGNS[0]}"
     auth = {"authorization": f"Bearer {READ_KEY}"}
-    results: dict[tuple[str, str], dict[str, float]] = {}
-    variants = [
-        ("default", {"tree_cache_size": 0}, n),
-        ("rollup cache off", {"rollup_cache_buckets": 0, "tree_cache_size": 0}, n_uncached),
-        ("tree cache on", {"tree_cache_size": 8}, n),
-    ]
-    for variant, settings, count in variants:
-        folder = base / variant.replace(" ", "-")
-        with (
-            serving(ch, folder, **settings) as url,
-            httpx.Client(base_url=url, headers=auth, timeout=120) as client,
-        ):
-            if variant != "tree cache on":
-                summary = _getter(client, f"{campaign}/summary")
-                results[("summary", variant)] = measure(summary, count)
-                for metric in ("shares", "events", "visitors"):
-                    series = _getter(client, f"{campaign}/timeseries", metric=metric, **day)
-                    results[(f"timeseries {metric}", variant)] = measure(series, count)
-            if variant != "rollup cache off":
-                page = _getter(client, f"/v1/cascades/{root}")
-                name = "tree cache off" if variant == "default" else variant
-                results[("cascade first page", name)] = measure(page, n)
-    return results
+    servers = {
+        "default": {"tree_cache_size": 0},
+        "rollup cache off": {"rollup_cache_buckets": 0, "tree_cache_size": 0},
+        "tree cache on": {"tree_cache_size": 8},
+    }
+    with ExitStack() as stack:
+        clients = {
+            variant: stack.enter_context(
+                httpx.Client(
+                    base_url=stack.enter_context(
+                        serving(ch, base / variant.replace(" ", "-"), **settings)
+                    ),
+                    headers=auth,
+                    timeout=120,
+                )
+            )
+            for variant, settings in servers.items()
+        }
+        calls: list[tuple[str, str, Callable[[], int], int]] = []
+        for variant in ("default", "rollup cache off"):
+            client = clients[variant]
+            count = n if variant == "default" else n_uncached
+            calls.append(("summary", variant, _getter(client, f"{campaign}/summary"), count))
+            for metric in ("shares", "events", "visitors"):
+                series = _getter(client, f"{campaign}/timeseries", metric=metric, **day)
+                calls.append((f"timeseries {metric}", variant, series, count))
+        for variant, name in (("default", "tree cache off"), ("tree cache on", "tree cache on")):
+            page = _getter(clients[variant], f"/v1/cascades/{root}")
+            calls.append(("cascade first page", name, page, n))
+        first = {(name, variant): _timed(get) for name, variant, get, _ in calls}
+        times: dict[tuple[str, str], list[float]] = {key: [] for key in first}
+        for round_ in range(n):
+            for name, variant, get, count in calls:
+                if round_ < count:
+                    times[(name, variant)].append(_timed(get))
+    return {key: summarize(first[key], times[key]) for key in first}

@@ -193,7 +193,10 @@ def sink(
         median = statistics.median(rates)
         summary[name] = median
         table.add_row(
-            name, f"{median:,.0f}", f"{min(rates):,.0f}", f"{max(rates):,.0f}",
+            name,
+            f"{median:,.0f}",
+            f"{min(rates):,.0f}",
+            f"{max(rates):,.0f}",
             f"{median / process_median:.2f}x",
         )
     console.print(table)
@@ -356,8 +359,13 @@ def latency(
         table.add_column(column, justify="right")
     for row in rows:
         table.add_row(
-            str(row["mode"]), str(row["flush_s"]), f"{row['sent']:,}", f"{row['counted']:,}",
-            str(row["p50_s"]), str(row["p95_s"]), str(row["p99_s"]),
+            str(row["mode"]),
+            str(row["flush_s"]),
+            f"{row['sent']:,}",
+            f"{row['counted']:,}",
+            str(row["p50_s"]),
+            str(row["p95_s"]),
+            str(row["p99_s"]),
         )
     console.print(table)
     console.print("target: p99 <= 2 s in both modes; counted must equal sent")

@@ -156,7 +156,8 @@ class KafkaBus:
                 groups: dict[tuple[str, int | None], list[int]] = {}
                 for index, record in enumerate(records):
                     partition = (
-                        None if record.key is None
+                        None
+                        if record.key is None
                         else partition_for(record.key, counts[record.topic])
                     )
                     groups.setdefault((record.topic, partition), []).append(index)

@@ -53,7 +53,7 @@ from app.storage.query import (
     iso_s,
     timeseries,
 )
-from app.storage.trees import TreeCache, flag_names, read_cascades, read_page, read_tree
+from app.storage.trees import TreeCache, flag_names, read_cascades, read_tree
 
 T = TypeVar("T")
 
@@ -570,7 +570,7 @@ async def cascade_tree(
     if tree is None:
         tree = await _stored(read_tree(clickhouse, campaign, root))
         trees.put(key, tree)
-    page, more = await _stored(read_page(clickhouse, campaign, root, tree, limit, after))
+    page, more = tree.nodes(limit, after)
     next_cursor = None
     if more and page:
         last = page[-1]

@@ -76,15 +76,12 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalError
-
-if TYPE_CHECKING:
-    from numpy.typing import NDArray
 
 log = logging.getLogger(__name__)
 
@@ -311,22 +308,19 @@ class ClickHouse:
         except (ClickHouseError, OSError) as exc:
             raise _wrap(exc, "query failed") from exc
 
-    def query_arrays(
-        self, sql: str, parameters: Mapping[str, Any] | None = None
-    ) -> list[NDArray[Any]]:
-        """Run a query and return its columns as numpy arrays, in SELECT order. Blocks.
+    def query_arrow(self, sql: str, parameters: Mapping[str, Any] | None = None) -> Any:
+        """Run a query and return its result as a ``pyarrow.Table``. Blocks.
 
-        For large numeric results: the answer travels as Arrow and its columns
-        become arrays without a Python object per value. Select fixed-width,
-        non-NULL types only (integers, floats; ``ifNull`` NULLs away).
+        For large results: the answer travels as Arrow, so numeric columns become
+        numpy arrays (``column.to_numpy()``) without a Python object per value,
+        and a string column can be sliced (``take``) before any string is made.
         """
         self._check_open()
         params = check_parameters(sql, parameters)
         try:
-            table = self._client.query_arrow(sql, parameters=params)
+            return self._client.query_arrow(sql, parameters=params)
         except (ClickHouseError, OSError) as exc:
             raise _wrap(exc, "query failed") from exc
-        return [column.to_numpy() for column in table.columns]
 
     def insert(
         self,
@@ -402,11 +396,9 @@ class ClickHouse:
         """``query_rows`` on the worker thread; does not block the event loop."""
         return await self._on_worker(self.query_rows, sql, parameters)
 
-    async def aquery_arrays(
-        self, sql: str, parameters: Mapping[str, Any] | None = None
-    ) -> list[NDArray[Any]]:
-        """``query_arrays`` on the worker thread; does not block the event loop."""
-        return await self._on_worker(self.query_arrays, sql, parameters)
+    async def aquery_arrow(self, sql: str, parameters: Mapping[str, Any] | None = None) -> Any:
+        """``query_arrow`` on the worker thread; does not block the event loop."""
+        return await self._on_worker(self.query_arrow, sql, parameters)
 
     async def ainsert(
         self,

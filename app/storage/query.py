@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 from app.events import EVENT_TYPES
 from app.storage.clickhouse import ClickHouse
+from app.storage.lru import lru_get, lru_put
 
 TYPES: tuple[str, ...] = tuple(sorted(EVENT_TYPES))
 _TYPE_INDEX = {name: i for i, name in enumerate(TYPES)}
@@ -56,6 +57,8 @@ INTERVALS: dict[str, tuple[int, str]] = {
     "1h": (3600, "events_per_hour"),
     "1d": (86400, "events_per_hour"),
 }
+# Campaigns whose all-time unique visitors are kept (RollupCounts).
+MAX_CAMPAIGNS = 10_000
 # Buckets are DateTime (UInt32 seconds): the whole representable range.
 ALL_TIME = (0, 2**32 - 1)
 
@@ -126,12 +129,19 @@ class RollupCounts:
 
     See the module docstring. ``max_buckets`` bounds the cache (least recently
     used buckets go first; about 250 bytes each); 0 turns it off, so every
-    read merges every state in its range. Not thread-safe: one per event loop.
+    read merges every state in its range. It also keeps each campaign's
+    all-time unique visitors with a fingerprint of its hours
+    (``campaign_visitors``). Not thread-safe: one per event loop.
     """
 
     def __init__(self, max_buckets: int) -> None:
         self.max_buckets = max_buckets
         self._cache: OrderedDict[tuple[str, str, int, int], Bucket] = OrderedDict()
+        # (campaign, step, hour) -> (the hour's sum(rows) in events_per_hour, its buckets)
+        self._hours: OrderedDict[tuple[str, int, int], tuple[int, dict[int, Bucket]]] = (
+            OrderedDict()
+        )
+        self._visitors: OrderedDict[str, tuple[tuple[int, ...], int]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._cache)
@@ -149,8 +159,16 @@ class RollupCounts:
         current: list[tuple[int, int]] | None = None,
     ) -> dict[int, Bucket]:
         """Buckets of ``step`` seconds (aligned to the epoch) in ``[start, end)`` (epoch
-        seconds) that hold events, by bucket start. Two queries at most; one when
-        ``current``, the (bucket, sum(rows)) pairs of the range, is given."""
+        seconds) that hold events, by bucket start. Two queries at most (three for
+        minutes); one when ``current``, the (bucket, sum(rows)) pairs of the range,
+        is given, or when no hour of a per-minute range changed."""
+        if (
+            current is None
+            and table == "events_per_minute"
+            and 3600 % step == 0
+            and self.max_buckets > 0
+        ):
+            return await self._read_by_hour(ch, campaign, step, start, end, visitors)
         params: dict[str, Any] = {
             "table": table,
             "campaign": campaign,
@@ -162,12 +180,9 @@ class RollupCounts:
             current = [(int(b), int(r)) for b, r in await ch.aquery_rows(_FINGERPRINT_SQL, params)]
         out: dict[int, Bucket] = {}
         stale: list[int] = []
-        cache = self._cache
         for b, rows in current:
-            key = (table, campaign, step, b)
-            hit = cache.get(key)
+            hit = lru_get(self._cache, (table, campaign, step, b))
             if hit is not None and hit.rows == rows and (hit.visitors is not None or not visitors):
-                cache.move_to_end(key)
                 out[b] = hit
             else:
                 stale.append(b)
@@ -183,16 +198,79 @@ class RollupCounts:
                     events[index] = int(n)
             bucket = Bucket(int(rows), tuple(events), int(seen) if visitors else None)
             out[b] = bucket
-            self._put((table, campaign, step, b), bucket)
+            lru_put(self._cache, (table, campaign, step, b), bucket, self.max_buckets)
         return out
 
-    def _put(self, key: tuple[str, str, int, int], bucket: Bucket) -> None:
-        if self.max_buckets <= 0:
-            return
-        self._cache[key] = bucket
-        self._cache.move_to_end(key)
-        while len(self._cache) > self.max_buckets:
-            self._cache.popitem(last=False)
+    async def _read_by_hour(
+        self, ch: ClickHouse, campaign: str, step: int, start: int, end: int, visitors: bool
+    ) -> dict[int, Bucket]:
+        """Per-minute buckets, checked an hour at a time.
+
+        Both rollups count the same events rows, so an hour's sum(rows) in
+        ``events_per_hour`` moves with any insert into its minutes, and a day of
+        minutes is checked with 24 hourly sums instead of 1,440. An hour's
+        buckets are kept only when their sums add up to the hour's (the two
+        views of one insert land one after the other), so a kept hour is never
+        one whose minutes were read before its insert.
+        """
+        first_hour, last_hour = start - start % 3600, end + (-end % 3600)
+        hour_rows = {
+            int(h): int(r)
+            for h, r in await ch.aquery_rows(
+                _FINGERPRINT_SQL,
+                {
+                    "table": "events_per_hour",
+                    "campaign": campaign,
+                    "step": 3600,
+                    "start": first_hour,
+                    "end": last_hour,
+                },
+            )  # fmt: skip
+        }
+        out: dict[int, Bucket] = {}
+        stale: list[int] = []
+        for hour, rows in hour_rows.items():
+            held = lru_get(self._hours, (campaign, step, hour))
+            if (
+                held is not None
+                and held[0] == rows
+                and (not visitors or all(b.visitors is not None for b in held[1].values()))
+            ):
+                out.update((b, v) for b, v in held[1].items() if start <= b < end)
+            else:
+                stale.append(hour)
+        if not stale:
+            return out
+        low, high = min(stale), max(stale) + 3600
+        minutes = await self.read(
+            ch, "events_per_minute", campaign, step, low, high, visitors=visitors,
+            current=[
+                (int(b), int(r))
+                for b, r in await ch.aquery_rows(
+                    _FINGERPRINT_SQL,
+                    {"table": "events_per_minute", "campaign": campaign, "step": step,
+                     "start": low, "end": high},
+                )
+            ],
+        )  # fmt: skip
+        for hour in stale:
+            in_hour = {b: v for b, v in minutes.items() if hour <= b < hour + 3600}
+            if sum(v.rows for v in in_hour.values()) == hour_rows[hour]:
+                kept = (hour_rows[hour], in_hour)
+                lru_put(self._hours, (campaign, step, hour), kept, max(1, self.max_buckets // 60))
+            out.update((b, v) for b, v in in_hour.items() if start <= b < end)
+        return out
+
+    def campaign_visitors(self, campaign: str, fingerprint: tuple[int, ...]) -> int | None:
+        """The campaign's all-time visitors if kept with this hours fingerprint."""
+        held = self._visitors.get(campaign)
+        return held[1] if held is not None and held[0] == fingerprint else None
+
+    def keep_campaign_visitors(
+        self, campaign: str, fingerprint: tuple[int, ...], visitors: int
+    ) -> None:
+        limit = MAX_CAMPAIGNS if self.max_buckets > 0 else 0
+        lru_put(self._visitors, campaign, (fingerprint, visitors), limit)
 
 
 async def timeseries(
@@ -225,12 +303,14 @@ SELECT
     (SELECT groupArray((b, r)) FROM (
         SELECT toUInt32(bucket) AS b, sum(rows) AS r FROM events_per_hour
         WHERE campaign = {campaign:String} GROUP BY b)),
-    (SELECT uniqMerge(visitors) FROM visitors_per_month WHERE campaign = {campaign:String}),
     (SELECT count() FROM alerts FINAL WHERE campaign = {campaign:String} AND state = 'open'),
     count(), sum(valid_nodes), sum(valid_recruits), sum(clicks), sum(conversions),
     argMax(root, (size, root)), max(size)
 FROM cascade_stats FINAL
 WHERE campaign = {campaign:String}
+"""
+_VISITORS_SQL = """
+SELECT uniqMerge(visitors) FROM visitors_per_month WHERE campaign = {campaign:String}
 """
 
 
@@ -249,18 +329,28 @@ async def campaign_summary(ch: ClickHouse, counts: RollupCounts, campaign: str) 
     """Events by type over the campaign's whole retention (hourly rollup), unique
     visitors (approximate, ``visitors_per_month``), cascade totals and open alerts."""
     [row] = await ch.aquery_rows(_SUMMARY_SQL, {"campaign": campaign})
-    hour_rows, visitors, open_alerts, cascades, valid, recruits, clicks, conversions, root, size = (
-        row
-    )
+    hour_rows, open_alerts, cascades, valid, recruits, clicks, conversions, root, size = row
     current = [(int(b), int(r)) for b, r in hour_rows]
     hours = await counts.read(ch, "events_per_hour", campaign, 3600, *ALL_TIME, current=current)
     totals = [0] * len(TYPES)
     for bucket in hours.values():
         for i, n in enumerate(bucket.events):
             totals[i] += n
+    # Every insert for the campaign feeds visitors_per_month and moves the hours'
+    # total sum(rows); a TTL drop moves the first hour. Unchanged: same visitors.
+    fingerprint = (
+        sum(r for _, r in current),
+        min((b for b, _ in current), default=0),
+        len(current),
+    )
+    visitors = counts.campaign_visitors(campaign, fingerprint)
+    if visitors is None:
+        [(merged,)] = await ch.aquery_rows(_VISITORS_SQL, {"campaign": campaign})
+        visitors = int(merged or 0)
+        counts.keep_campaign_visitors(campaign, fingerprint, visitors)
     return CampaignSummary(
         events=dict(zip(TYPES, totals, strict=True)),
-        unique_visitors=int(visitors or 0),
+        unique_visitors=visitors,
         k_factor=int(recruits) / int(valid) if valid else None,
         invitation_conversion_rate=int(conversions) / int(clicks) if clicks else None,
         cascades=int(cascades),

@@ -8,13 +8,16 @@ links, over the WHOLE tree, whatever the page. For attached nodes and orphans
 this is the consumer's own subtree size minus one (the number behind
 ``top_descendants``); a pending node counts the pending nodes waiting under it.
 
-Building it reads six integer columns of every stored row (ids as UInt64, so
-no string is decoded; Arrow to numpy, no Python object per value), keeps each
-node's latest version, and sums subtree sizes level by level, deepest first:
-a few sorts, then one vectorized step per depth. The page's own details
-(channel, clicks, state, flags, parent id) are then read for its nodes only.
-``TreeCache`` keeps trees per (cascade, snapshot version), so the next pages
-of a tree that has not changed skip the build.
+One query reads every stored row of the cascade as Arrow columns: ids as
+UInt64 (no string is decoded), depth, time, version, clicks, conversions,
+flags and state as numbers, and the channel as strings that stay in Arrow
+until a page takes its own. numpy then keeps each node's latest version (what
+``FINAL`` would keep, without merging the string keys of every row), finds
+parents, sums subtree sizes level by level, deepest first, and orders nodes
+breadth-first. ``TreeCache`` keeps trees per (cascade, snapshot version): any
+change to a node (a click, a new child) is a new version, so a cached tree is
+the tree as of that snapshot, and the next pages of an unchanged tree skip the
+build.
 
 Pages are breadth-first, ordered by (depth, ts, node id), with a keyset cursor
 on that triple: every node present when both pages are read is on exactly one
@@ -28,22 +31,27 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from app.storage.clickhouse import ClickHouse
+from app.storage.lru import lru_get, lru_put
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
 
 # consumers/cascades/state.py FLAG_SAME_ORIGIN, FLAG_BOT.
 FLAG_NAMES = ((1, "same_origin"), (2, "bot"))
+STATES = ("attached", "pending", "orphan")
 
+# The latest snapshot per campaign (normally one campaign): the highest version,
+# without FINAL (cheaper: the few snapshot rows of one root are read as they are).
 _STATS_SQL = """
 SELECT campaign, version, size, tree_size, pending, orphans, reach, depth, breadth, max_breadth,
        branching, reproduction, clicks, conversions, toUnixTimestamp64Milli(first_ts),
        toUnixTimestamp64Milli(last_ts), growth_per_min, doubling_s, wiener, virality,
        valid_nodes, valid_recruits, self_referrals, same_origin, inflated, channel_mix,
        forecast_size, forecast_method, infectiousness
-FROM cascade_stats FINAL
+FROM cascade_stats
 WHERE root = {root:String}
-ORDER BY campaign
+ORDER BY campaign, version DESC
+LIMIT 1 BY campaign
 """
 _STATS_FIELDS = (
     "size", "tree_size", "pending", "orphans", "reach", "depth", "breadth", "max_breadth",
@@ -51,25 +59,23 @@ _STATS_FIELDS = (
     "growth_per_min", "doubling_s", "wiener", "virality", "valid_nodes", "valid_recruits",
     "self_referrals", "same_origin", "inflated",
 )  # fmt: skip
-# Every version of every node (deduplicated in numpy: cheaper than FINAL, which
-# merges the string key of every row). Ids are 16 hex digits: as UInt64 they
-# compare like the strings and travel as plain numbers.
+# Every version of every node. Ids are 16 hex digits; their 8 bytes read as a
+# little-endian UInt64 (byte-swapped in numpy: the value of the hex number, so
+# ids compare as the strings do). state: 0 attached, 1 pending, 2 orphan.
 _TREE_SQL = """
-SELECT reinterpretAsUInt64(reverse(unhex(node))) AS id,
-       reinterpretAsUInt64(reverse(unhex(ifNull(parent, '')))) AS parent_id,
+SELECT reinterpretAsUInt64(unhex(node)) AS id,
+       reinterpretAsUInt64(unhex(ifNull(parent, ''))) AS parent_id,
        toUInt8(isNotNull(parent)) AS has_parent,
        depth,
        toUnixTimestamp64Milli(ts) AS ts_ms,
-       version
+       version,
+       clicks,
+       conversions,
+       flags,
+       toUInt8(state = 'pending') + 2 * toUInt8(state = 'orphan') AS state_code,
+       channel
 FROM cascade_nodes
 WHERE campaign = {campaign:String} AND root = {root:String}
-"""
-# The page's nodes, every version (the latest is kept): a key-column filter, so
-# only their rows are read past the node column.
-_NODES_SQL = """
-SELECT node, version, parent, channel, clicks, conversions, state, flags
-FROM cascade_nodes
-WHERE campaign = {campaign:String} AND root = {root:String} AND node IN {nodes:Array(String)}
 """
 
 
@@ -108,30 +114,45 @@ async def read_cascades(ch: ClickHouse, root: str) -> list[StoredCascade]:
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class NodeRow:
+    id: str
+    parent: str | None
+    depth: int
+    channel: str | None
+    ts: int
+    clicks: int
+    conversions: int
+    state: str
+    flags: int
+    descendants: int
+    parent_linked: bool  # the parent is a node of the tree (an edge to draw)
+
+
+@dataclass(slots=True, eq=False)
 class Tree:
     """Every node of one cascade: parent links, exact descendants, breadth-first order.
 
-    Arrays are indexed by position in ``ids`` (ascending); ``bfs`` lists the
-    positions in breadth-first order (depth, ts, id).
+    Per-node arrays are indexed by position in ``ids`` (ascending); ``bfs`` lists
+    positions in breadth-first order (depth, ts, id); ``rows`` maps a position to
+    its row of ``channel`` (an Arrow string array of every stored row).
+    About 100 bytes per node.
     """
 
-    __slots__ = ("ids", "depth", "ts", "descendants", "parent_linked", "bfs")
-
-    def __init__(
-        self,
-        ids: NDArray[Any],
-        depth: NDArray[Any],
-        ts: NDArray[Any],
-        descendants: NDArray[Any],
-        linked: NDArray[Any],
-        bfs: NDArray[Any],
-    ) -> None:
-        self.ids = ids  # uint64, ascending
-        self.depth = depth  # int64
-        self.ts = ts  # int64, epoch ms
-        self.descendants = descendants  # int64
-        self.parent_linked = linked  # bool: the node hangs under a node of the tree
-        self.bfs = bfs  # int64 positions
+    ids: NDArray[Any]  # uint64, ascending
+    parents: NDArray[Any]  # uint64 (0 without a parent)
+    has_parent: NDArray[Any]  # bool
+    depth: NDArray[Any]  # int64
+    ts: NDArray[Any]  # int64, epoch ms
+    clicks: NDArray[Any]
+    conversions: NDArray[Any]
+    flags: NDArray[Any]
+    state: NDArray[Any]  # index into STATES
+    descendants: NDArray[Any]
+    parent_linked: NDArray[Any]  # bool: the parent is a node of the tree
+    bfs: NDArray[Any]  # positions, breadth-first
+    rows: NDArray[Any]  # position -> row of ``channel``
+    channel: Any  # pyarrow string array, one value per stored row
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -144,8 +165,8 @@ class Tree:
         start = 0
         if after is not None:
             depth, ts, node = after
-            ordered_depth, ordered_ts = self.depth[self.bfs], self.ts[self.bfs]
-            ordered_ids = self.ids[self.bfs]
+            bfs = self.bfs
+            ordered_depth, ordered_ts, ordered_ids = self.depth[bfs], self.ts[bfs], self.ids[bfs]
             later = (ordered_depth > depth) | (
                 (ordered_depth == depth)
                 & (
@@ -153,47 +174,90 @@ class Tree:
                     | ((ordered_ts == ts) & (ordered_ids > numpy.uint64(int(node, 16))))
                 )
             )
-            start = int(numpy.argmax(later)) if bool(later.any()) else len(self.bfs)
+            start = int(numpy.argmax(later)) if bool(later.any()) else len(bfs)
         found: list[int] = self.bfs[start : start + limit].tolist()
         return found
 
+    def nodes(
+        self, limit: int, after: tuple[int, int, str] | None = None
+    ) -> tuple[list[NodeRow], bool]:
+        """Up to ``limit`` nodes in breadth-first order after ``after`` (see ``page``),
+        and whether more follow."""
+        import pyarrow
 
-def build_tree(
-    ids: NDArray[Any],
-    parents: NDArray[Any],
-    has_parent: NDArray[Any],
-    depth: NDArray[Any],
-    ts: NDArray[Any],
-    version: NDArray[Any],
-) -> Tree:
+        positions = self.page(limit + 1, after)
+        more = len(positions) > limit
+        positions = positions[:limit]
+        if not positions:
+            return [], more
+
+        def values(array: NDArray[Any]) -> list[Any]:
+            picked: list[Any] = array[positions].tolist()
+            return picked
+
+        ids, parents, has_parent = values(self.ids), values(self.parents), values(self.has_parent)
+        depth, ts, state = values(self.depth), values(self.ts), values(self.state)
+        clicks, conversions, flags = (
+            values(self.clicks),
+            values(self.conversions),
+            values(self.flags),
+        )
+        descendants, linked = values(self.descendants), values(self.parent_linked)
+        channels = self.channel.take(pyarrow.array(self.rows[positions])).to_pylist()
+        rows = [
+            NodeRow(
+                id=f"{ids[i]:016x}",
+                parent=f"{parents[i]:016x}" if has_parent[i] else None,
+                depth=depth[i],
+                channel=channels[i],
+                ts=ts[i],
+                clicks=clicks[i],
+                conversions=conversions[i],
+                state=STATES[state[i]],
+                flags=flags[i],
+                descendants=descendants[i],
+                parent_linked=linked[i],
+            )
+            for i in range(len(positions))
+        ]
+        return rows, more
+
+
+def build_tree(columns: dict[str, NDArray[Any]], channel: Any = None) -> Tree:
     """The tree from every stored version of every node (one entry each). Pure.
 
-    The latest version of each node wins, as ``FINAL`` would have it. A link
-    counts only when the parent is a node of the tree at a smaller depth, so
-    the links form a forest whatever the rows say, and the sums end.
+    ``columns``: ``id``, ``parent_id`` (values of the hex ids), ``has_parent``,
+    ``depth``, ``ts_ms``, ``version``, and optionally ``clicks``, ``conversions``,
+    ``flags``, ``state_code`` (0 when absent); ``channel``: an Arrow string array
+    over the same rows (None: no channels). The latest version of each node
+    wins, as ``FINAL`` would have it. A link counts only when the parent is a
+    node of the tree at a smaller depth, so the links form a forest whatever
+    the rows say, and the sums end.
     """
     import numpy
+    import pyarrow
 
-    keep = _latest(ids, version)
+    ids = columns["id"]
+    n_rows = len(ids)
+    zeros = numpy.zeros(n_rows, dtype=numpy.int64)
+    keep = _latest(ids, columns["version"])
     ids = ids[keep]
-    parents, has_parent = parents[keep], has_parent[keep]
-    depth, ts = depth[keep].astype(numpy.int64), ts[keep].astype(numpy.int64)
+    parents = columns["parent_id"][keep]
+    has_parent = columns["has_parent"][keep].astype(bool)
+    depth = columns["depth"][keep].astype(numpy.int64)
+    ts = columns["ts_ms"][keep].astype(numpy.int64)
     n = len(ids)
-    if n == 0:
-        empty = numpy.zeros(0, dtype=numpy.int64)
-        return Tree(ids, empty, empty, empty, numpy.zeros(0, dtype=bool), empty)
+    if channel is None:
+        channel = pyarrow.nulls(n_rows, pyarrow.string())
     # Parent positions: sorted needles make the binary searches cache-friendly.
-    by_parent = numpy.argsort(parents, kind="stable")
-    at = numpy.empty(n, dtype=numpy.int64)
-    at[by_parent] = numpy.searchsorted(ids, parents[by_parent])
-    numpy.minimum(at, n - 1, out=at)
-    linked = (has_parent != 0) & (ids[at] == parents) & (depth[at] < depth)
+    at = numpy.zeros(n, dtype=numpy.int64)
+    if n:
+        by_parent = numpy.argsort(parents)
+        at[by_parent] = numpy.searchsorted(ids, parents[by_parent])
+        numpy.minimum(at, n - 1, out=at)
+    linked = has_parent & (ids[at] == parents) & (depth[at] < depth) if n else has_parent
     parent = numpy.where(linked, at, -1)
-    # Breadth-first order (depth, ts, id): one packed key, sorted stably over
-    # positions already in id order (ties keep it). 16 bits of depth over 47
-    # bits of ms since the oldest node (4,400 years).
-    packed = (depth << 47) | (ts - ts.min())
-    bfs = numpy.argsort(packed, kind="stable")
+    bfs = _breadth_first(depth, ts)
     sizes = numpy.ones(n, dtype=numpy.int64)
     cuts = (numpy.flatnonzero(numpy.diff(depth[bfs])) + 1).tolist()
     starts, ends = [0, *cuts], [*cuts, n]
@@ -212,7 +276,41 @@ def build_tree(
             level = bfs[start:end]
             level = level[linked[level]]
             numpy.add.at(sizes, parent[level], sizes[level])
-    return Tree(ids, depth, ts, sizes - 1, linked, bfs)
+
+    def kept(name: str) -> NDArray[Any]:
+        values: NDArray[Any] = columns.get(name, zeros)[keep].astype(numpy.int64)
+        return values
+
+    tree_columns = {
+        "ids": ids, "parents": parents, "has_parent": has_parent, "depth": depth, "ts": ts,
+        "clicks": kept("clicks"), "conversions": kept("conversions"), "flags": kept("flags"),
+        "state": kept("state_code"), "descendants": sizes - 1, "parent_linked": linked,
+        "bfs": bfs, "rows": keep,
+    }  # fmt: skip
+    return Tree(**tree_columns, channel=channel)
+
+
+def _breadth_first(depth: NDArray[Any], ts: NDArray[Any]) -> NDArray[Any]:
+    """Positions (already in id order) sorted by (depth, ts, position).
+
+    One packed key, 16 bits of depth over 47 bits of ms since the oldest node
+    (4,400 years), sorted by numpy's fast unstable sort; the few runs of equal
+    keys are then put back in position order.
+    """
+    import numpy
+
+    if not len(depth):
+        return numpy.zeros(0, dtype=numpy.int64)
+    packed = (depth << 47) | (ts - ts.min())
+    order: NDArray[Any] = numpy.argsort(packed)
+    keys = packed[order]
+    ties = numpy.flatnonzero(keys[1:] == keys[:-1])
+    if len(ties):
+        tied = numpy.zeros(len(order), dtype=bool)
+        tied[ties] = tied[ties + 1] = True
+        run = numpy.flatnonzero(tied)  # whole runs, in key order
+        order[run] = order[run][numpy.lexsort((order[run], keys[run]))]
+    return order
 
 
 def _latest(ids: NDArray[Any], version: NDArray[Any]) -> NDArray[Any]:
@@ -243,8 +341,12 @@ def _latest(ids: NDArray[Any], version: NDArray[Any]) -> NDArray[Any]:
 
 async def read_tree(ch: ClickHouse, campaign: str, root: str) -> Tree:
     """The cascade's whole tree with exact descendants (see the module docstring)."""
-    columns = await ch.aquery_arrays(_TREE_SQL, {"campaign": campaign, "root": root})
-    return build_tree(*columns)
+    table = await ch.aquery_arrow(_TREE_SQL, {"campaign": campaign, "root": root})
+    columns = {name: table.column(name).to_numpy() for name in table.column_names[:-1]}
+    # Little-endian reads of big-endian hex: swap to get the ids' values.
+    columns["id"] = columns["id"].byteswap()
+    columns["parent_id"] = columns["parent_id"].byteswap()
+    return build_tree(columns, table.column("channel"))
 
 
 class TreeCache:
@@ -252,9 +354,8 @@ class TreeCache:
 
     A snapshot version changes with every change of the cascade, so an entry is
     the tree as of that snapshot (the consumer writes a cascade's node rows
-    before its snapshot, so it may hold a few nodes of the next one). Pages of
-    a cached tree list its nodes; their clicks, conversions, state and flags
-    are read fresh. ``size`` 0 turns it off.
+    before its snapshot, so it may hold a few nodes of the next one). ``size``
+    0 turns it off.
     """
 
     def __init__(self, size: int) -> None:
@@ -265,79 +366,10 @@ class TreeCache:
         return len(self._trees)
 
     def get(self, key: tuple[str, str, int]) -> Tree | None:
-        tree = self._trees.get(key)
-        if tree is not None:
-            self._trees.move_to_end(key)
-        return tree
+        return lru_get(self._trees, key)
 
     def put(self, key: tuple[str, str, int], tree: Tree) -> None:
-        if self.size <= 0:
-            return
-        self._trees[key] = tree
-        self._trees.move_to_end(key)
-        while len(self._trees) > self.size:
-            self._trees.popitem(last=False)
-
-    def drop(self, key: tuple[str, str, int]) -> None:
-        self._trees.pop(key, None)
-
-
-@dataclass(frozen=True, slots=True)
-class NodeRow:
-    id: str
-    parent: str | None
-    depth: int
-    channel: str | None
-    ts: int
-    clicks: int
-    conversions: int
-    state: str
-    flags: int
-    descendants: int
-    parent_linked: bool
-
-
-async def read_page(
-    ch: ClickHouse,
-    campaign: str,
-    root: str,
-    tree: Tree,
-    limit: int,
-    after: tuple[int, int, str] | None = None,
-) -> tuple[list[NodeRow], bool]:
-    """Up to ``limit`` nodes of ``tree`` in breadth-first order (depth, ts, id), after
-    the (depth, ts ms, id) ``after`` when given, with their latest stored details,
-    and whether more nodes follow. A node gone from storage since the tree was
-    read (TTL) is left out."""
-    positions = tree.page(limit + 1, after)
-    more = len(positions) > limit
-    positions = positions[:limit]
-    if not positions:
-        return [], more
-    nodes = [f"{int(tree.ids[p]):016x}" for p in positions]
-    rows = await ch.aquery_rows(_NODES_SQL, {"campaign": campaign, "root": root, "nodes": nodes})
-    latest: dict[str, tuple[Any, ...]] = {}
-    for row in rows:
-        held = latest.get(row[0])
-        if held is None or row[1] > held[1]:
-            latest[row[0]] = row
-    out = []
-    descendants = tree.descendants[positions].tolist()
-    linked = tree.parent_linked[positions].tolist()
-    depth, ts = tree.depth[positions].tolist(), tree.ts[positions].tolist()
-    for i, node in enumerate(nodes):
-        found = latest.get(node)
-        if found is None:
-            continue
-        _, _, parent, channel, clicks, conversions, state, flags = found
-        out.append(
-            NodeRow(
-                node, None if parent is None else str(parent), depth[i],
-                None if channel is None else str(channel), ts[i], int(clicks),
-                int(conversions), str(state), int(flags), descendants[i], linked[i],
-            )
-        )  # fmt: skip
-    return out, more
+        lru_put(self._trees, key, tree, self.size)
 
 
 def flag_names(flags: int) -> list[str]:
