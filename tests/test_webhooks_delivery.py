@@ -612,12 +612,14 @@ async def test_finished_deliveries_and_their_attempts_are_pruned_after_retention
     """The notifier deletes delivered, failed and dead deliveries older than the
     retention, with their attempt log; pending ones (still owed) and recent ones stay."""
     settings = webhook_settings(tmp_path, database_url, retention_days=30)
-    clock = FakeClock()
     async with outbox_db(database_url) as sessions, receiving() as receiver:
         await listening(sessions, receiver)
         for n in range(6):
             await send(sessions, f"evt-{n}")
-        clock.advance(1)  # the deliveries were enqueued at the real time: now due
+        # The deliveries were enqueued at the real time; the clock starts after them
+        # (truncated to the second), so two seconds on makes every one due.
+        clock = FakeClock()
+        clock.advance(2)
         await run_until_settled(settings, sessions, 6, clock=clock)
         rows = await deliveries(sessions)
         assert [len(await attempt_log(sessions, d.id)) for d in rows] == [1] * 6
