@@ -187,6 +187,13 @@ class Batch:
         return {tp: last + 1 for tp, (_, last) in self.ranges.items()}
 
 
+# Fine below 5 s: the event-to-queryable percentiles are read from these.
+END_TO_END_BUCKETS_S = (
+    0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0,
+    1.1, 1.2, 1.35, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0, 5.0, 10, 30, 60, 300, 1800,
+)  # fmt: skip
+
+
 class ConsumerMetrics:
     """The consumer metric catalogue (one instance per registry, labelled by consumer).
 
@@ -218,11 +225,7 @@ class ConsumerMetrics:
             "viraltrace_consumer_end_to_end_seconds",
             "From an event's received_at to its batch being written",
             ["consumer"],
-            # Fine below 5 s: the event-to-queryable percentiles are read from these.
-            buckets=(
-                0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0,
-                1.1, 1.2, 1.35, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0, 5.0, 10, 30, 60, 300, 1800,
-            ),
+            buckets=END_TO_END_BUCKETS_S,
             registry=registry,
         )
         self.dlq_messages = Counter(

@@ -218,8 +218,13 @@ def test_children_keep_their_parent_channel_mostly() -> None:
 def test_simulate_campaign() -> None:
     def campaign(seed: int) -> list[list[SimShare]]:
         return simulate_campaign(
-            random.Random(seed), cascades=200, r=0.8, tau_s=900, start_ms=BASE_MS,
-            span_s=86_400, max_size=10_000,
+            random.Random(seed),
+            cascades=200,
+            r=0.8,
+            tau_s=900,
+            start_ms=BASE_MS,
+            span_s=86_400,
+            max_size=10_000,
         )
 
     cascades = campaign(4)
