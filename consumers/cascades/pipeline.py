@@ -7,9 +7,10 @@ memory (``consumers/cascades/state.py``). Per fetch:
 1. ``prepare`` restores, from ``cascade_nodes`` and ``cascade_touches``, the
    cascades the fetch needs that are not in memory (after a restart, a
    rebalance or an idle eviction), in one query per table and campaign.
-2. ``process`` decodes one record and applies it to its cascade: pure, no
-   I/O. It returns one row per state change (the row is only the event's
-   ``received_at``, for the latency metric); duplicates return none.
+2. ``process`` decodes one record (``consumers/cascades/decode.py``: only the
+   fields it reads) and applies it to its cascade: pure, no I/O. It returns
+   one row per state change (the row is only the event's ``received_at``,
+   for the latency metric); duplicates return none.
 3. ``write`` (every ``cascades.snapshot_interval_s``) drains what changed:
    node and touch rows (the footprints restore needs), one ``cascade_stats``
    snapshot per changed cascade, and the spread signals, in that order.
