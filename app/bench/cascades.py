@@ -205,8 +205,11 @@ def cascades(
     results: dict[str, dict[str, list[float]]] = {
         name: {"mix": [], "1k": [], "1M": []} for name in pipelines
     }
-    for _ in range(rounds):
-        for name, pipeline_class in pipelines.items():
+    order = list(pipelines.items())
+    for round_no in range(rounds):
+        # Alternate which variant goes first, so a disturbance early or late in a
+        # round does not always fall on the same one.
+        for name, pipeline_class in order if round_no % 2 == 0 else order[::-1]:
             found = results[name]
             found["mix"].append(len(mix) / _time_process(mix, pipeline_class))
             found["1k"].append(_time_process(small_trees, pipeline_class) / len(small_trees) * 1e9)
@@ -248,6 +251,10 @@ def cascades(
     console.print(table)
     console.print(f"mean node depth: {small:,}-node cascades {small_depth:.1f}, "
                   f"{big:,}-node cascade {large_depth:.1f}")  # fmt: skip
+    # Every round's figures: a disturbed round shows as an outlier here.
+    for name, found in results.items():
+        for measure, values in found.items():
+            console.print(f"rounds, {name} {measure}: " + ", ".join(f"{v:,.0f}" for v in values))
 
 
 def _memory_per_node(records: list[MemoryRecord], pipeline_class: type[CascadesPipeline]) -> float:
