@@ -18,11 +18,18 @@ WORKDIR /src
 # -e, since the runtime stage carries the installed package, not the source tree.
 # Package data (schemas, lexicons) is declared in pyproject.toml.
 # tests/test_deploy.py keeps these steps in step with scripts/venv.sh.
-COPY pyproject.toml README.md ./
+# setup.py compiles the cascades consumer's hot modules with mypyc (a build
+# requirement): this stage needs a C compiler, the runtime stage does not, since
+# it copies the built venv. Without gcc the install would fall back to pure Python.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
+COPY pyproject.toml setup.py README.md ./
 COPY app ./app
 COPY consumers ./consumers
 RUN python -m pip install --upgrade pip \
- && python -m pip install .
+ && python -m pip install . \
+ && python -I -c 'import consumers.cascades as c; assert c.implementation() == "compiled", c.implementation()'
 
 FROM ${PYTHON_IMAGE}
 RUN groupadd --system --gid 10001 viraltrace \

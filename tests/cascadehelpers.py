@@ -136,15 +136,20 @@ def wire_event(item: Share | Touch, received_at: int | None = None) -> dict[str,
 
 
 def cascade_workload(
-    seed: int, cascades: int = 20, campaign: str = "launch", max_size: int = 400
+    seed: int,
+    cascades: int = 20,
+    campaign: str = "launch",
+    max_size: int = 400,
+    start_ms: int | None = None,
 ) -> tuple[list[list[Share | Touch]], list[list[int]]]:
     """Per cascade: its events in the order they are produced (shuffled, 10% duplicates,
-    clicks among them) and its parent array. Event times are recent (now - 2 h...)."""
+    clicks among them) and its parent array. Event times start at ``start_ms``, by
+    default recently (now - 2 h...)."""
     import time
 
     rng = random.Random(seed)
     kinds = ["uniform", "preferential", "star", "chain"]
-    start = time.time_ns() // 1_000_000 - 2 * 3_600_000
+    start = time.time_ns() // 1_000_000 - 2 * 3_600_000 if start_ms is None else start_ms
     streams, trees = [], []
     for i in range(cascades):
         parents = random_tree(kinds[i % 4], rng.randrange(2, max_size), rng)

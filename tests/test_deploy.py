@@ -25,6 +25,7 @@ import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
 from typing import Any
 
@@ -293,6 +294,27 @@ def test_image_installs_like_the_test_command() -> None:
     assert script[1].options == {"-e"} and image[1].options == frozenset()
 
 
+def test_image_compiles_in_the_build_stage_only() -> None:
+    """setup.py compiles with mypyc: the build stage has gcc and checks the result is
+    compiled; the runtime stage installs nothing and copies the built venv; the editable
+    install's compiled modules and mypyc's C output stay out of git and the build context."""
+    steps = dockerfile()
+    build_runs = " && ".join(i.args for i in steps if i.stage == 0 and i.keyword == "RUN")
+    assert re.search(r"apt-get install [^&]*\bgcc\b", build_runs), build_runs
+    install = build_runs.index("pip install .")
+    check = build_runs.index('c.implementation() == "compiled"')
+    assert install < check and "python -I -c" in build_runs, "checked after the install"
+    runtime = " && ".join(i.args for i in steps if i.stage == 1 and i.keyword == "RUN")
+    assert "apt-get" not in runtime and "pip install" not in runtime, runtime
+    assert [i.args for i in steps if i.stage == 1 and i.keyword == "COPY"][0] == (
+        "--from=build /opt/venv /opt/venv"
+    )
+    gitignore = (REPO / ".gitignore").read_text().splitlines()
+    dockerignore = (REPO / ".dockerignore").read_text().splitlines()
+    assert {"*.so", "build/"} <= set(gitignore)
+    assert {"**/*.so", "build"} <= set(dockerignore)
+
+
 def test_image_runs_the_python_the_project_requires() -> None:
     steps = dockerfile()
     args = _args_map(steps)
@@ -319,12 +341,14 @@ def test_image_carries_the_packages_and_their_data() -> None:
         pattern.rstrip("*")
         for pattern in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
     }
-    assert {"pyproject.toml", pyproject["project"]["readme"], *roots} <= copied, copied
+    assert {"pyproject.toml", "setup.py", pyproject["project"]["readme"], *roots} <= copied, copied
     package_data: dict[str, list[str]] = pyproject["tool"]["setuptools"]["package-data"]
     for root in roots:
         for path in sorted((REPO / root).rglob("*")):
             if "__pycache__" in path.parts or path.is_dir():
                 continue
+            if path.name.endswith(tuple(EXTENSION_SUFFIXES)):
+                continue  # the editable install's compiled modules: the image builds its own
             if path.suffix == ".py":
                 # find_packages only finds folders with __init__.py.
                 assert (path.parent / "__init__.py").exists(), f"{path.parent} is not a package"

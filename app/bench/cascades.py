@@ -15,6 +15,11 @@ One run measures, side by side:
   state divided by its nodes.
 
 The records are encoded before timing; the clock covers only ``process``.
+
+``--variant both`` (the default) runs each measure on the installed build
+(mypyc-compiled where setup.py could compile) and on the same modules run
+as Python (``consumers.cascades.load_pure``), alternating in each round, so
+the compiled/pure ratio comes from one run on one machine state.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import random
 import time
 import tracemalloc
 import uuid
+from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -33,6 +39,7 @@ from rich.table import Table
 
 if TYPE_CHECKING:  # app.cli imports the benchmarks at start-up: keep it light
     from app.bus.memory import MemoryRecord
+    from consumers.cascades.pipeline import CascadesPipeline
 
 BENCH_CPU = 0
 
@@ -113,18 +120,45 @@ def tree_records(n: int, seed: int) -> tuple[list[MemoryRecord], float]:
     return records, sum(depth) / n
 
 
-def _time_process(records: list[MemoryRecord]) -> float:
+class Variant(StrEnum):
+    compiled = "compiled"  # the installed build: compiled where setup.py could compile
+    pure = "pure"
+    both = "both"
+
+
+def _pipelines(variant: Variant) -> dict[str, type[CascadesPipeline]]:
+    """The pipeline classes to time, by implementation ("compiled" or "pure")."""
+    import consumers.cascades
+    from consumers.cascades import pipeline
+
+    classes: dict[str, type[CascadesPipeline]] = {}
+    if variant != Variant.pure:
+        classes[consumers.cascades.implementation()] = pipeline.CascadesPipeline
+    if variant != Variant.compiled and "pure" not in classes:
+        pure = consumers.cascades.load_pure("consumers.cascades.pipeline")
+        classes["pure"] = pure.CascadesPipeline
+    return classes
+
+
+def _time_process(records: list[MemoryRecord], pipeline_class: type[CascadesPipeline]) -> float:
     """Seconds for ``process`` over every record (a fresh pipeline)."""
     from app.settings import CascadeSettings
-    from consumers.cascades.pipeline import CascadesPipeline
 
-    pipeline = CascadesPipeline(CascadeSettings())
+    pipeline = pipeline_class(CascadeSettings())
     process = pipeline.process
     gc.collect()
     started = time.perf_counter()
     for record in records:
         process(record)
     return time.perf_counter() - started
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    if len(ordered) % 2:
+        return ordered[middle]
+    return (ordered[middle - 1] + ordered[middle]) / 2
 
 
 def cascades(
@@ -134,11 +168,25 @@ def cascades(
     small_events: Annotated[int, typer.Option(help="events over the small cascades")] = 200_000,
     rounds: Annotated[int, typer.Option(help="alternating rounds")] = 3,
     cpu: Annotated[int, typer.Option(help="the core to pin to")] = BENCH_CPU,
+    variant: Annotated[
+        Variant,
+        typer.Option(help="the installed (compiled) build, pure Python, or both side by side"),
+    ] = Variant.both,
 ) -> None:
     """The cascades consumer's processing step: events/s, ns/event by cascade size, bytes/node."""
-    console = Console()
+    import consumers.cascades
+
+    console = Console(width=max(Console().width, 132))  # the table, unwrapped in a log
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {cpu})
+    installed = consumers.cascades.implementation()
+    console.print(
+        f"installed cascades modules: {installed} (compiled with mypyc: "
+        f"{'yes' if installed == 'compiled' else 'no'})"
+    )
+    pipelines = _pipelines(variant)
+    if variant == Variant.both and len(pipelines) == 1:
+        console.print("[yellow]the installed build is not compiled: only pure Python runs")
     console.print(f"encoding {events:,} mix records, {big:,} + {small:,}×k tree records ...")
     mix = campaign_records(events)
     large, large_depth = tree_records(big, seed=2)
@@ -154,40 +202,69 @@ def cascades(
     # them out of the garbage collector's scans (the cascades' own state stays in).
     gc.collect()
     gc.freeze()
-    results: dict[str, list[float]] = {"mix": [], "1k": [], "1M": []}
-    for _ in range(rounds):
-        results["mix"].append(len(mix) / _time_process(mix))
-        results["1k"].append(_time_process(small_trees) / len(small_trees) * 1e9)
-        results["1M"].append(_time_process(large) / len(large) * 1e9)
+    results: dict[str, dict[str, list[float]]] = {
+        name: {"mix": [], "1k": [], "1M": []} for name in pipelines
+    }
+    order = list(pipelines.items())
+    for round_no in range(rounds):
+        # Alternate which variant goes first, so a disturbance early or late in a
+        # round does not always fall on the same one.
+        for name, pipeline_class in order if round_no % 2 == 0 else order[::-1]:
+            found = results[name]
+            found["mix"].append(len(mix) / _time_process(mix, pipeline_class))
+            found["1k"].append(_time_process(small_trees, pipeline_class) / len(small_trees) * 1e9)
+            found["1M"].append(_time_process(large, pipeline_class) / len(large) * 1e9)
+    memory = {name: _memory_per_node(large, cls) for name, cls in pipelines.items()}
 
-    bytes_per_node = _memory_per_node(large)
-    table = Table(title=f"cascades processing step, one core (CPU {cpu})")
+    table = Table(title=f"cascades processing step, one core (CPU {cpu}), {rounds} rounds")
     table.add_column("measure")
-    table.add_column("best")
-    table.add_column("median")
-    for name, unit, fmt in (("mix", "events/s", "{:,.0f}"), ("1k", "ns/event", "{:,.0f}"),
-                            ("1M", "ns/event", "{:,.0f}")):  # fmt: skip
-        values = sorted(results[name])
-        best = values[-1] if name == "mix" else values[0]
-        label = {"mix": "campaign mix", "1k": f"{small:,}-node cascades",
-                 "1M": f"one {big:,}-node cascade"}[name]  # fmt: skip
-        table.add_row(f"{label} ({unit})", fmt.format(best), fmt.format(values[len(values) // 2]))
-    ratios = sorted(b / s for b, s in zip(results["1M"], results["1k"], strict=True))
-    table.add_row("1M / 1k ns per event (per round, median)", "", f"{ratios[len(ratios) // 2]:.2f}")
-    table.add_row(f"state per node, {big:,}-node cascade (bytes)", "", f"{bytes_per_node:.0f}")
-    table.add_row("mean node depth (small / large)", "", f"{small_depth:.1f} / {large_depth:.1f}")
+    for name in pipelines:
+        table.add_column(f"{name}: best")
+        table.add_column(f"{name}: median")
+    if len(pipelines) == 2:
+        table.add_column("compiled / pure (median of rounds)")
+    labels = {"mix": "campaign mix (events/s)", "1k": f"{small:,}-node cascades (ns/event)",
+              "1M": f"one {big:,}-node cascade (ns/event)"}  # fmt: skip
+    for measure, label in labels.items():
+        cells = [label]
+        for found in results.values():
+            values = sorted(found[measure])
+            best = values[-1] if measure == "mix" else values[0]
+            cells += [f"{best:,.0f}", f"{_median(values):,.0f}"]
+        if len(pipelines) == 2:
+            compiled, pure = results["compiled"][measure], results["pure"][measure]
+            # Speed-up either way: events/s up, or ns/event down.
+            ratios = [
+                c / p if measure == "mix" else p / c for c, p in zip(compiled, pure, strict=True)
+            ]
+            cells.append(f"{_median(ratios):.2f}× faster")
+        table.add_row(*cells)
+    flat = ["1M / 1k ns per event (median of rounds)"]
+    for found in results.values():
+        ratios = [b / s for b, s in zip(found["1M"], found["1k"], strict=True)]
+        flat += ["", f"{_median(ratios):.2f}"]
+    table.add_row(*flat)
+    per_node = [f"state per node, {big:,}-node cascade (bytes)"]
+    for name in pipelines:
+        per_node += ["", f"{memory[name]:.0f}"]
+    table.add_row(*per_node)
     console.print(table)
+    console.print(f"mean node depth: {small:,}-node cascades {small_depth:.1f}, "
+                  f"{big:,}-node cascade {large_depth:.1f}")  # fmt: skip
+    # Every round's figures: a disturbed round shows as an outlier here.
+    for name, found in results.items():
+        for measure, values in found.items():
+            console.print(f"rounds, {name} {measure}: " + ", ".join(f"{v:,.0f}" for v in values))
 
 
-def _memory_per_node(records: list[MemoryRecord]) -> float:
+def _memory_per_node(records: list[MemoryRecord], pipeline_class: type[CascadesPipeline]) -> float:
     """Traced bytes of the state one cascade built from ``records`` holds, per node.
 
     The dirty-node set (emptied by every write, every few seconds) is cleared
     first: it is a flush buffer, not the cascade's state."""
     from app.settings import CascadeSettings
-    from consumers.cascades.pipeline import CascadesPipeline
 
-    pipeline = CascadesPipeline(CascadeSettings())
+    pipeline = pipeline_class(CascadeSettings())
     gc.collect()
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]

@@ -7,9 +7,10 @@ memory (``consumers/cascades/state.py``). Per fetch:
 1. ``prepare`` restores, from ``cascade_nodes`` and ``cascade_touches``, the
    cascades the fetch needs that are not in memory (after a restart, a
    rebalance or an idle eviction), in one query per table and campaign.
-2. ``process`` decodes one record and applies it to its cascade: pure, no
-   I/O. It returns one row per state change (the row is only the event's
-   ``received_at``, for the latency metric); duplicates return none.
+2. ``process`` decodes one record (``consumers/cascades/decode.py``: only the
+   fields it reads) and applies it to its cascade: pure, no I/O. It returns
+   one row per state change (the row is only the event's ``received_at``,
+   for the latency metric); duplicates return none.
 3. ``write`` (every ``cascades.snapshot_interval_s``) drains what changed:
    node and touch rows (the footprints restore needs), one ``cascade_stats``
    snapshot per changed cascade, and the spread signals, in that order.
@@ -38,7 +39,8 @@ from aiokafka.errors import KafkaError
 from app.bus.base import BusError
 from app.settings import CascadeSettings
 from app.storage.clickhouse import ClickHouse, StorageError
-from consumers.base import InvalidMessage, Record, Row, json_object, now_ms
+from consumers.base import InvalidMessage, Record, Row, now_ms
+from consumers.cascades.decode import decode
 from consumers.cascades.signals import (
     CampaignWindows,
     SignalState,
@@ -47,7 +49,6 @@ from consumers.cascades.signals import (
     viral_signal,
 )
 from consumers.cascades.state import (
-    TOUCH_KINDS,
     Cascade,
     CascadeStats,
     NodeRow,
@@ -103,99 +104,27 @@ def _opt_hex_str(value: int) -> str | None:
     return node_hex(value) if value else None
 
 
-def decode(record: Record) -> tuple[Share | Touch, int] | None:
-    """(share or touch, received_at ms) for an event of a cascade; None for any other.
-
-    Pure. Events without a token (keyed ``campaign:...``), bot and preview
-    touches, and types that are not cascade metrics are None. Raises
-    ``InvalidMessage`` for what cannot be an event.
-    """
-    key = record.key
-    if key is not None and key.startswith(b"campaign:"):
-        return None
-    event = json_object(record)
-    kind = event.get("type")
-    if kind != "share" and (kind not in TOUCH_KINDS or event.get("bot") is True):
-        return None
-    if event.get("root") is None:
-        return None
-    try:
-        return _decode_event(event, kind)
-    except (ValueError, TypeError, KeyError) as exc:
-        raise InvalidMessage(record.partition, record.offset, f"bad_schema: {exc}") from None
-
-
-def _decode_event(event: dict[str, Any], kind: str) -> tuple[Share | Touch, int]:
-    # The hot path of the consumer: one type check per field, then the precise
-    # message only when something is wrong (``_problem``).
-    get = event.get
-    event_id, campaign, ts = get("event_id"), get("campaign"), get("ts")
-    received, root, node, visitor = get("received_at"), get("root"), get("node"), get("visitor")
-    if not (
-        type(event_id) is str
-        and type(campaign) is str
-        and type(ts) is int
-        and type(received) is int
-        and ts >= 0
-        and type(root) is str
-        and len(root) == 16
-        and type(node) is str
-        and len(node) == 16
-        and (visitor is None or (type(visitor) is str and len(visitor) == 16))
-    ):
-        raise ValueError(_problem(event))
-    visitor_id = 0 if visitor is None else int(visitor, 16)
-    if kind != "share":
-        touch = (event_id, campaign, int(root, 16), int(node, 16), kind, ts, visitor_id)
-        # tuple.__new__ skips the NamedTuple's Python-level __new__ (a third of decode).
-        return tuple.__new__(Touch, touch), received
-    depth, parent, net, channel = get("depth"), get("parent"), get("net"), get("channel")
-    if not (
-        type(depth) is int
-        and 0 <= depth <= 0xFFFF
-        and (parent is None or (type(parent) is str and len(parent) == 16))
-        and (net is None or (type(net) is str and len(net) == 16))
-        and (channel is None or type(channel) is str)
-    ):
-        raise ValueError(_problem(event))
-    share = (
-        event_id, campaign, int(root, 16), int(node, 16),
-        None if parent is None else int(parent, 16), depth, ts, visitor_id,
-        0 if net is None else int(net, 16), channel, get("bot") is True,
-    )  # fmt: skip
-    return tuple.__new__(Share, share), received
-
-
-def _problem(event: dict[str, Any]) -> str:
-    """What is wrong with an event ``_decode_event`` refused (slow path)."""
-    for name in ("event_id", "campaign"):
-        if type(event.get(name)) is not str:
-            return f"{name}: must be a string"
-    for name in ("ts", "received_at"):
-        value = event.get(name)
-        if type(value) is not int or value < 0:
-            return f"{name}: must be epoch milliseconds"
-    for name in ("root", "node", "visitor", "parent", "net"):
-        value = event.get(name)
-        if value is None and name not in ("root", "node"):
-            continue
-        if type(value) is not str or len(value) != 16:
-            return f"{name}: not a 16-hex-digit id"
-    depth = event.get("depth")
-    if type(depth) is not int or not 0 <= depth <= 0xFFFF:
-        return "depth: must be an integer 0-65535"
-    return "channel: must be a string"
-
-
 def node_rows(
     campaign: str, root: int, rows: Sequence[NodeRow], version: int, now: int
 ) -> list[Row]:
     root_hex = node_hex(root)
     return [
         (
-            campaign, root_hex, node_hex(r.node), None if r.parent is None else node_hex(r.parent),
-            r.depth, r.state, _opt_hex_str(r.sharer), _opt_hex_str(r.net), r.channel, r.ts,
-            r.clicks, r.conversions, r.flags, version, now,
+            campaign,
+            root_hex,
+            node_hex(r.node),
+            None if r.parent is None else node_hex(r.parent),
+            r.depth,
+            r.state,
+            _opt_hex_str(r.sharer),
+            _opt_hex_str(r.net),
+            r.channel,
+            r.ts,
+            r.clicks,
+            r.conversions,
+            r.flags,
+            version,
+            now,
         )  # fmt: skip
         for r in rows
     ]
@@ -203,8 +132,15 @@ def node_rows(
 
 def touch_rows(touches: Sequence[Touch]) -> list[Row]:
     return [
-        (t.campaign, node_hex(t.root), node_hex(t.node), t.event_id, t.kind,
-         _opt_hex_str(t.visitor), t.ts)  # fmt: skip
+        (
+            t.campaign,
+            node_hex(t.root),
+            node_hex(t.node),
+            t.event_id,
+            t.kind,
+            _opt_hex_str(t.visitor),
+            t.ts,
+        )  # fmt: skip
         for t in touches
     ]
 
@@ -305,9 +241,7 @@ class CascadesPipeline:
         nodes, recruits = cascade.valid_nodes, cascade.valid_recruits
         try:
             changed = (
-                cascade.add_share(item)
-                if type(item) is Share
-                else cascade.add_touch(item)  # type: ignore[arg-type]
+                cascade.add_share(item) if type(item) is Share else cascade.add_touch(item)  # type: ignore[arg-type]
             )
         except ValueError as exc:
             raise InvalidMessage(record.partition, record.offset, f"bad_lineage: {exc}") from None
@@ -320,9 +254,7 @@ class CascadesPipeline:
             windows = self.windows.get(item.campaign)
             if windows is None:
                 windows = self.windows[item.campaign] = CampaignWindows()
-            windows.add(
-                item.ts, cascade.valid_nodes - nodes, cascade.valid_recruits - recruits
-            )
+            windows.add(item.ts, cascade.valid_nodes - nodes, cascade.valid_recruits - recruits)
         return ((received,),)
 
     def received_ms(self, row: Row) -> int | None:

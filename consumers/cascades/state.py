@@ -797,8 +797,6 @@ class CascadeStats:
     channel_mix: list[tuple[int, str, int]] = field(default_factory=list)
 
 
-
-
 def restore(
     campaign: str,
     root: int,
