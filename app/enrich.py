@@ -561,7 +561,8 @@ class Enricher:
         return _new_client_info(
             visitor,
             net,
-            country if country in _COUNTRY_CODES else normalize_country(country),
+            # None (no country header) is the common case: no call for it.
+            country if country is None or country in _COUNTRY_CODES else normalize_country(country),
             ua.bot,
             ua.preview,
             ua.browser,

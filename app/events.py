@@ -276,11 +276,50 @@ def build_event(
 ) -> dict[str, Any]:
     """The v1 wire dict (see ``EventV1``). ``token`` is the share the event belongs to:
     for a share it is the newly minted one, with ``parent`` the share it came through."""
+    return wire_event(
+        event.event_id or new_event_id(),
+        event_type,
+        event.type,
+        event.campaign,
+        ts,
+        received_ms,
+        source,
+        token,
+        parent,
+        event.channel,
+        url,
+        event.text,
+        event.value,
+        event.reaction,
+        client,
+    )
+
+
+def wire_event(
+    event_id: str,
+    event_type: str,
+    requested_type: str,
+    campaign: str,
+    ts: int,
+    received_ms: int,
+    source: str,
+    token: ShareToken | None,
+    parent: ShareToken | None,
+    channel: str | None,
+    url: str | None,
+    text: str | None,
+    value: float | None,
+    reaction: str | None,
+    client: ClientInfo,
+) -> dict[str, Any]:
+    """``build_event`` from validated values, positional (the pixel's fast path has
+    no ``EventIn``). ``requested_type`` is the client's type, kept when recorded as
+    a preview."""
     return {
         "v": SCHEMA_VERSION,
-        "event_id": event.event_id or new_event_id(),
+        "event_id": event_id,
         "type": event_type,
-        "campaign": event.campaign,
+        "campaign": campaign,
         "ts": ts,
         "received_at": received_ms,
         "source": source,
@@ -289,12 +328,12 @@ def build_event(
         "node": token.node_hex if token else None,
         "parent": parent.node_hex if parent else None,
         "depth": token.depth if token else None,
-        "channel": event.channel,
+        "channel": channel,
         "url": url,
-        "text": event.text,
-        "value": event.value,
-        "reaction": event.reaction,
-        "preview_of": event.type if event_type == "preview" else None,
+        "text": text,
+        "value": value,
+        "reaction": reaction,
+        "preview_of": requested_type if event_type == "preview" else None,
         "visitor": client.visitor,
         "net": client.net,
         "country": client.country,

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -34,17 +36,24 @@ import orjson
 from app.bus.base import Record
 from app.enrich import ClientInfo
 from app.events import (
+    CAMPAIGN_PATTERN,
+    CHANNEL_PATTERN,
+    CLIENT_EVENT_TYPES,
+    MAX_URL_CHARS,
     PIXEL_PARAMS,
+    UUID_PATTERN,
     EventIn,
     InvalidEvent,
     build_event,
     check_time,
     clean_url,
+    new_event_id,
     parse_event,
     partition_key,
     resolve_token,
+    wire_event,
 )
-from app.state import AppState, now_ms
+from app.state import AppState
 from app.tokens import ShareToken, TokenError
 
 log = logging.getLogger(__name__)
@@ -78,7 +87,8 @@ _decode = lru_cache(maxsize=8_192)(unquote_plus)
 def pixel_fields(query: bytes) -> dict[str, str]:
     """The pixel's known parameters, percent-decoded; unknown ones (cache busters) ignored.
 
-    A split rather than ``parse_qsl``: most values need no decoding.
+    A split rather than ``parse_qsl``: most values need no decoding. (A regex
+    scan of the whole query was tried: slower.)
     """
     fields: dict[str, str] = {"type": "view"}
     for part in query.decode("latin-1").split("&"):
@@ -87,6 +97,102 @@ def pixel_fields(query: bytes) -> dict[str, str]:
         if field is not None and value:
             fields[field] = _decode(value) if "%" in value or "+" in value else value
     return fields
+
+
+# -- the pixel's fast path ------------------------------------------------------
+#
+# The pixel's fields are already strings, so pydantic's model (``parse_event``)
+# is mostly overhead for them. ``_fast_fields`` makes the same checks by hand
+# for the inputs it can vouch for, and hands everything else to ``parse_event``,
+# which then gives the same answer, or the same refusal (reason, field and
+# message), as before. It must never accept what the model refuses, nor change
+# a value: tests/test_pixel_fastpath.py compares both on random input.
+
+# fullmatch, not match: Python's ``$`` also matches before a final newline, pydantic's does not.
+_campaign_ok = re.compile(CAMPAIGN_PATTERN.removeprefix("^").removesuffix("$")).fullmatch
+_channel_ok = re.compile(CHANNEL_PATTERN.removeprefix("^").removesuffix("$")).fullmatch
+_uuid_ok = re.compile(UUID_PATTERN.removeprefix("^").removesuffix("$")).fullmatch
+_MAX_TOKEN_CHARS = 64
+_MAX_FAST_TS_DIGITS = 18  # longer (or zero-padded) numbers go to pydantic
+
+
+@lru_cache(maxsize=1_024)
+def _valid_campaign(campaign: str) -> bool:
+    return _campaign_ok(campaign) is not None
+
+
+@lru_cache(maxsize=1_024)
+def _normal_channel(channel: str) -> str | None:
+    lowered = channel.lower()
+    return lowered if _channel_ok(lowered) is not None else None
+
+
+# Page URLs repeat (a campaign's landing pages), and ``urlsplit`` is slow.
+_cached_clean_url = lru_cache(maxsize=8_192)(clean_url)
+
+# The validated pixel event: type, campaign, token, channel, event id, ts, url.
+PixelEvent = tuple[str, str, str | None, str | None, str | None, int | None, str | None]
+
+
+def _fast_fields(fields: Mapping[str, str]) -> PixelEvent | None:
+    """``fields`` checked as ``EventIn`` checks them, or None when unsure (then ask pydantic)."""
+    event_type = fields["type"]
+    campaign = fields.get("campaign")
+    if event_type not in CLIENT_EVENT_TYPES or campaign is None or not _valid_campaign(campaign):
+        return None
+    token = fields.get("token")
+    if token is not None and not 0 < len(token) <= _MAX_TOKEN_CHARS:
+        return None
+    channel = fields.get("channel")
+    if channel is not None:
+        channel = _normal_channel(channel)
+        if channel is None:
+            return None
+    event_id = fields.get("event_id")
+    if event_id is not None:
+        event_id = event_id.lower()
+        if _uuid_ok(event_id) is None:
+            return None
+    raw_ts = fields.get("ts")
+    ts: int | None = None
+    if raw_ts is not None:
+        # Plain decimal only: pydantic also takes "0012", " 12", "1_2", "12.0", ...
+        if not (
+            raw_ts.isascii()
+            and raw_ts.isdigit()
+            and len(raw_ts) <= _MAX_FAST_TS_DIGITS
+            and (raw_ts[0] != "0" or len(raw_ts) == 1)
+        ):
+            return None
+        ts = int(raw_ts)
+    url = fields.get("url")
+    if url is not None and len(url) > MAX_URL_CHARS:
+        return None
+    return event_type, campaign, token, channel, event_id, ts, url
+
+
+def pixel_event(fields: Mapping[str, str]) -> PixelEvent:
+    """The pixel's event from its fields, validated as ``parse_event`` does it.
+
+    Raises ``InvalidEvent`` (from ``parse_event``) for what the model refuses."""
+    fast = _fast_fields(fields)
+    if fast is not None:
+        return fast
+    return event_values(parse_event(fields))
+
+
+def event_values(event: EventIn) -> PixelEvent:
+    """The pixel's fields of a validated ``EventIn`` (the pixel sends no text, value
+    or reaction)."""
+    return (
+        event.type,
+        event.campaign,
+        event.token,
+        event.channel,
+        event.event_id,
+        event.ts,
+        event.url,
+    )
 
 
 class EventStages:
@@ -188,25 +294,38 @@ def run_stage(
     return survivors
 
 
-class PixelIngest:
-    """Owns the pending pixel hits of one app and drains them through the stages."""
+# A captured pixel request: ASGI scope, receive time (ms), query fields.
+Pending = tuple[Mapping[str, Any], int, dict[str, str]]
 
-    def __init__(self, state: AppState) -> None:
+
+class PixelIngest:
+    """Owns the pending pixel hits of one app and drains them through the stages.
+
+    The stages are the generic ones' (rate limit, validate, enrich,
+    serialize) with the pixel's fast path: no pydantic model, no per-hit
+    objects but the wire dict and the record. ``reference=True`` runs the
+    generic ``EventStages`` instead; the tests and ``bench pixel`` compare
+    the two, which must publish the same events and refuse the same hits.
+    """
+
+    def __init__(self, state: AppState, reference: bool = False) -> None:
         self._state = state
-        self._pending: list[Hit] = []
+        self._reference = reference
+        self._pending: list[Pending] = []
         self._max_query = state.settings.tracking.max_query_bytes
         self._stages = EventStages(state, "pixel")
 
     def submit(self, scope: Mapping[str, Any]) -> None:
         """Captures one pixel request; processing follows on the next loop turn."""
-        received = now_ms()
+        received = time.time_ns() // 1_000_000  # now_ms(), inlined on the hottest path
         query: bytes = scope.get("query_string", b"")
         if len(query) > self._max_query:
             error = InvalidEvent("oversized", "query", "query string is too long")
-            self._reject(Hit(scope, received, {"query": query[:256].decode("latin-1")}), error)
+            self._dead_letter((scope, received, {"query": query[:256].decode("latin-1")}), error)
             return
-        self._pending.append(Hit(scope, received, pixel_fields(query)))
-        if len(self._pending) == 1:
+        pending = self._pending
+        pending.append((scope, received, pixel_fields(query)))
+        if len(pending) == 1:
             asyncio.get_running_loop().call_soon(self.drain)
 
     def drain(self) -> None:
@@ -219,17 +338,99 @@ class PixelIngest:
                 # A bug must not wedge the pixel, nor cost every hit of the batch:
                 # retry hit by hit, so only the hit that triggers it is lost (and counted).
                 log.exception("pixel batch of %s hits failed; retrying one by one", len(batch))
-                for hit in batch:
+                for pending in batch:
                     try:
-                        self._process([hit])
+                        self._process([pending])
                     except Exception:
                         log.exception("pixel hit dropped")
                         self._state.metrics.count_ingest("invalid", "dropped")
 
-    def _process(self, batch: list[Hit]) -> None:
+    def _process(self, batch: list[Pending]) -> None:
+        if self._reference:
+            self._process_reference(batch)
+            return
         state = self._state
-        batch = run_stage(self._limit, batch, self._reject)
-        records, per_type, _ = self._stages.run(batch, self._reject)
+        dead_letter = self._dead_letter
+
+        # Stage 1, rate limits: the same takes, in the same order, as ``_limit``.
+        ip_take, campaign_take = state.ip_buckets.take, state.campaign_buckets.take
+        client_ip = state.enricher.client_ip
+        allowed: list[Pending] = []
+        for pending in batch:
+            campaign = pending[2].get("campaign")
+            if ip_take(client_ip(pending[0])) or (campaign is not None and campaign_take(campaign)):
+                dead_letter(pending, _rate_limited())
+            else:
+                allowed.append(pending)
+
+        # Stage 2, validate: as ``EventStages._validate``, checks in the same order.
+        tracking = state.settings.tracking
+        max_age, max_skew = tracking.max_event_age_s, tracking.max_event_skew_s
+        signer = state.signer
+        valid = []
+        for pending in allowed:
+            received = pending[1]
+            try:
+                event = pixel_event(pending[2])
+                ts = check_time(event[5], received, max_age, max_skew)
+                url = _cached_clean_url(event[6])
+                token = resolve_token(signer, event[2], event[1])
+            except InvalidEvent as error:
+                dead_letter(pending, error)
+            else:
+                valid.append((pending, event, ts, url, token))
+
+        # Stage 3, enrich and serialize: as ``EventStages._enrich`` and ``_serialize``.
+        from_scope = state.enricher.from_scope
+        topic, dumps = state.topic, orjson.dumps
+        records: list[Record] = []
+        per_type: dict[str, int] = {}
+        for pending, event, ts, url, token in valid:
+            scope = pending[0]
+            requested, campaign = event[0], event[1]
+            client = from_scope(scope, campaign)
+            event_type = "preview" if scope.get("method") == "HEAD" or client.preview else requested
+            parent = None
+            if event_type == "share":
+                parent = token
+                try:
+                    token = signer.mint_child(parent) if parent else signer.mint_root(campaign)
+                except TokenError as exc:  # too deep to extend
+                    too_deep = InvalidEvent("bad_token", "token", f"{exc.reason}: {exc}")
+                    dead_letter(pending, too_deep)
+                    continue
+            wire = wire_event(
+                event[4] or new_event_id(),
+                event_type,
+                requested,
+                campaign,
+                ts,
+                pending[1],
+                "pixel",
+                token,
+                parent,
+                event[3],
+                url,
+                None,
+                None,
+                None,
+                client,
+            )
+            # partition_key(wire), without reading it back from the dict
+            key = token.root_hex if token else f"campaign:{campaign}"
+            records.append(Record(topic, key.encode(), dumps(wire)))
+            per_type[event_type] = per_type.get(event_type, 0) + 1
+
+        state.require_bus().publish_many_nowait(records)
+        count = state.metrics.count_ingest
+        for event_type, amount in per_type.items():
+            count(event_type, "accepted", amount)
+
+    def _process_reference(self, batch: list[Pending]) -> None:
+        """The generic stages over the batch (what the pixel ran before its fast path)."""
+        state = self._state
+        hits = run_stage(self._limit, [Hit(*pending) for pending in batch], self._reject)
+        records, per_type, _ = self._stages.run(hits, self._reject)
         publish = state.require_bus().publish_nowait
         for record in records:
             publish(record)
@@ -237,10 +438,14 @@ class PixelIngest:
             state.metrics.count_ingest(event_type, "accepted", count)
 
     def _reject(self, hit: Hit, error: InvalidEvent) -> None:
+        self._dead_letter((hit.scope, hit.received, hit.fields), error)
+
+    def _dead_letter(self, pending: Pending, error: InvalidEvent) -> None:
         state = self._state
-        state.dead_letter(error, "pixel", hit.fields, hit.received, hit.fields.get("campaign"))
+        _, received, fields = pending
+        state.dead_letter(error, "pixel", fields, received, fields.get("campaign"))
         outcome = "rate_limited" if error.reason == "rate_limited" else "rejected"
-        state.metrics.count_ingest(hit.fields.get("type", "invalid"), outcome)
+        state.metrics.count_ingest(fields.get("type", "invalid"), outcome)
 
     def _limit(self, hit: Hit) -> None:
         state = self._state
@@ -248,4 +453,8 @@ class PixelIngest:
         if state.ip_buckets.take(state.enricher.client_ip(hit.scope)) or (
             campaign is not None and state.campaign_buckets.take(campaign)
         ):
-            raise InvalidEvent("rate_limited", None, "too many events from this client or campaign")
+            raise _rate_limited()
+
+
+def _rate_limited() -> InvalidEvent:
+    return InvalidEvent("rate_limited", None, "too many events from this client or campaign")

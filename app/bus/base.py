@@ -52,6 +52,10 @@ class Bus(Protocol):
 
     def publish_nowait(self, record: Record) -> None: ...
 
+    def publish_many_nowait(self, records: Sequence[Record]) -> None:
+        """``publish_nowait`` for each record in order, in one call (the pixel's batches)."""
+        ...
+
     def ready(self) -> bool:
         """True when the broker is reachable or the spool can still take records."""
         ...

@@ -119,6 +119,11 @@ class KafkaBus:
         if len(self._buffer) >= NOWAIT_FLUSH_RECORDS:
             self._wake.set()
 
+    def publish_many_nowait(self, records: Sequence[Record]) -> None:
+        self._buffer.extend(records)
+        if len(self._buffer) >= NOWAIT_FLUSH_RECORDS:
+            self._wake.set()
+
     async def publish(self, records: Sequence[Record]) -> None:
         if not records:
             return

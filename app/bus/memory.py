@@ -139,6 +139,14 @@ class MemoryBus:
         self._append(record, time.time_ns() // 1_000_000)
         self._wake()
 
+    def publish_many_nowait(self, records: Sequence[Record]) -> None:
+        # One append time for the batch, as ``publish`` does.
+        now_ms = time.time_ns() // 1_000_000
+        append = self._append
+        for record in records:
+            append(record, now_ms)
+        self._wake()
+
     # ---- reading ----------------------------------------------------------
 
     def read(self, topic: str, partition: int, offset: int, limit: int) -> list[MemoryRecord]:
