@@ -82,6 +82,7 @@ export VIRALTRACE_TEST_NOIDA_BIN="$noida_bin"
 
 echo "== lint"
 .venv/bin/ruff check app consumers tests
+.venv/bin/ruff format --check app consumers tests
 .venv/bin/mypy
 echo "== tests (noida-db on $noida_port, tansu on $tansu_port)"
 echo "   browser test screenshots go to ${VIRALTRACE_TEST_ARTIFACTS:-$PWD/test-artifacts}"
