@@ -45,6 +45,7 @@ from app.events import (
     EventIn,
     InvalidEvent,
     build_event,
+    cascade_key,
     check_time,
     clean_url,
     new_event_id,
@@ -127,7 +128,8 @@ def _normal_channel(channel: str) -> str | None:
     return lowered if _channel_ok(lowered) is not None else None
 
 
-# Page URLs repeat (a campaign's landing pages), and ``urlsplit`` is slow.
+# Page URLs repeat (a campaign's landing pages), and ``urlsplit`` is slow; both the
+# pixel's fast path and the generic stages (``/v1/events``) clean through this cache.
 _cached_clean_url = lru_cache(maxsize=8_192)(clean_url)
 
 # The validated pixel event: type, campaign, token, channel, event id, ts, url.
@@ -229,7 +231,7 @@ class EventStages:
         hit.ts = check_time(
             event.ts, hit.received, tracking.max_event_age_s, tracking.max_event_skew_s
         )
-        hit.url = clean_url(event.url)
+        hit.url = _cached_clean_url(event.url)
         hit.token = resolve_token(self._state.signer, event.token, event.campaign)
 
     def _enrich(self, hit: Hit) -> None:
@@ -416,9 +418,8 @@ class PixelIngest:
                 None,
                 client,
             )
-            # partition_key(wire), without reading it back from the dict
-            key = token.root_hex if token else f"campaign:{campaign}"
-            records.append(Record(topic, key.encode(), dumps(wire)))
+            key = cascade_key(token.root_hex if token else None, campaign)
+            records.append(Record(topic, key, dumps(wire)))
             per_type[event_type] = per_type.get(event_type, 0) + 1
 
         state.require_bus().publish_many_nowait(records)
