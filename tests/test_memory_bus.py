@@ -127,3 +127,28 @@ async def test_publish_refuses_when_consumers_are_too_far_behind() -> None:
     await consumer.commit({TopicPartition(TOPIC, 0): 6})
     assert bus.ready()
     await bus.publish(records(1))
+
+
+def test_retained_records_hold_their_bytes_not_the_serializers_buffer() -> None:
+    """orjson's output keeps its 4 KiB buffer; the bus must not keep that alive."""
+    import tracemalloc
+
+    import orjson
+
+    event = {"type": "view", "campaign": "c", "url": "https://shop.example/" + "p" * 600}
+    bus = MemoryBus(partitions=1)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        values = [orjson.dumps({**event, "n": i}) for i in range(500)]
+        size = len(values[0])
+        bus.publish_many_nowait([Record(TOPIC, b"k", v) for v in values])
+        del values  # only the bus holds the events now
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    # A record's value and its tuple, not orjson's buffer (measured > 4,096 bytes each).
+    assert held / 500 < size + 400, f"{held / 500:.0f} bytes held per {size}-byte record"
+    assert [r.value for r in bus.read(TOPIC, 0, 0, 500)] == [
+        orjson.dumps({**event, "n": i}) for i in range(500)
+    ]
