@@ -183,7 +183,7 @@ class Cascade:
         "seen", "click_keys", "reach",
         "first_ts", "last_ts", "minutes", "exposure", "top_descendants", "top_children",
         "version", "valid_nodes", "valid_recruits", "self_referrals", "inflated",
-        "same_origin", "channel_mix", "touch_rows", "dirty_nodes",
+        "same_origin", "channel_mix", "touch_rows", "dirty_nodes", "dirty_from",
     )  # fmt: skip
 
     def __init__(
@@ -243,11 +243,15 @@ class Cascade:
         self.channel_mix: dict[tuple[int, str | None], int] = {}
         # What changed since the last drain, for the writer.
         self.touch_rows: list[Touch] = []
-        self.dirty_nodes: set[int] = set()  # node ids (live or pending)
+        # Live nodes from index ``dirty_from`` on are new since the last drain;
+        # ``dirty_nodes`` holds the ids of the others that changed, and of pending
+        # shares. A mark, not a set of every new node: in a large cascade an insert
+        # of a random 64-bit id into a set is a cache miss per share.
+        self.dirty_nodes: set[int] = set()
+        self.dirty_from = 0
         # The root exists from the first event on: a tracked link's root token
         # never gets a share event of its own.
         self.version += 1
-        self.dirty_nodes.add(root)
         self._append(root, NO_NODE, 0, ts, 0, 0, None, 0)
         self.components[0] = _Component()
         self.valid_nodes += 1
@@ -283,8 +287,8 @@ class Cascade:
             self.first_ts = ts
         if ts > self.last_ts:
             self.last_ts = ts
-        self.dirty_nodes.add(node)
         if parent is None:
+            self.dirty_nodes.add(node)  # pending; a live node is new, past ``dirty_from``
             self._hold(share)
         else:
             self._attach(share, parent)
@@ -702,13 +706,17 @@ class Cascade:
 
     @property
     def dirty(self) -> bool:
-        return bool(self.dirty_nodes or self.touch_rows)
+        return bool(self.dirty_nodes or self.touch_rows or self.dirty_from < len(self.ids))
 
     def drain(self) -> tuple[list[NodeRow], list[Touch]]:
-        """Node rows for every node changed since the last drain, and the new touches."""
-        rows = [self.node_row(node) for node in sorted(self.dirty_nodes)]
+        """Node rows for every node changed since the last drain (by node id), and the
+        new touches."""
+        changed = self.dirty_nodes
+        changed.update(self.ids[self.dirty_from :])
+        rows = [self.node_row(node) for node in sorted(changed)]
         touches, self.touch_rows = self.touch_rows, []
         self.dirty_nodes = set()
+        self.dirty_from = len(self.ids)
         return rows, touches
 
     def node_row(self, node: int) -> NodeRow:
