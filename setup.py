@@ -26,6 +26,8 @@ COMPILED = [
     "consumers/cascades/state.py",
     "consumers/cascades/forecast.py",
     "consumers/cascades/decode.py",
+    "consumers/cascades/signals.py",
+    "consumers/cascades/pipeline.py",
 ]
 
 

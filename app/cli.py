@@ -101,6 +101,9 @@ def up(
         typer.echo(f"  read key {read_key}   (from {settings.data_dir / 'read-key'})")
     typer.echo(f"  health   {base}/healthz     metrics {base}/metrics   docs {base}/docs")
     typer.echo("Ctrl-C stops it.")
+    from consumers.base import tune_gc
+
+    tune_gc(settings.consumer)  # the consumers run in this process
     try:
         asyncio.run(Embedded(settings, host, port).run())
     except StorageError as exc:

@@ -11,7 +11,7 @@ from prometheus_client import REGISTRY
 
 from app.logs import configure_logging
 from app.settings import Settings
-from consumers.base import install_signal_handlers
+from consumers.base import install_signal_handlers, tune_gc
 from consumers.exporter import MetricsEndpointError, serve_consumer_metrics
 
 consume_app = typer.Typer(
@@ -33,6 +33,7 @@ def _run_until_signal(run: Callable[..., Awaitable[None]], **options: Any) -> No
     process collectors (memory, CPU, open files) next to the consumer's own metrics."""
     settings = Settings()
     configure_logging(settings.server.log_level)
+    tune_gc(settings.consumer)
 
     async def main() -> None:
         stop = asyncio.Event()

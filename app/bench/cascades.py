@@ -11,10 +11,18 @@ One run measures, side by side:
   model (a random recursive tree: each new node under a uniformly chosen
   earlier node, mean depth ~ ln n),
   ns/event, so the growth of the per-event cost with cascade size shows;
+* ``broad``: one cascade as large as the ``1M`` one and about as deep as the
+  ``1k`` ones (1,000 interleaved 1,000-node random recursive branches under
+  one root), ns/event: the growth with size alone, at the same depth. The
+  structural-virality update walks a new node's ancestors (O(depth), as the
+  issue specifies), so a deeper tree costs more per event by design;
 * ``memory``: tracemalloc's traced bytes of the 1,000,000-node cascade's
   state divided by its nodes.
 
 The records are encoded before timing; the clock covers only ``process``.
+The garbage collector is set as in the consumer processes
+(``consumers.base.tune_gc``, ``consumer.gc_threshold``); ``--gc-threshold
+700`` measures with Python's default.
 
 ``--variant both`` (the default) runs each measure on the installed build
 (mypyc-compiled where setup.py could compile) and on the same modules run
@@ -36,6 +44,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from app.settings import ConsumerSettings
 
 if TYPE_CHECKING:  # app.cli imports the benchmarks at start-up: keep it light
     from app.bus.memory import MemoryRecord
@@ -104,20 +114,48 @@ def tree_records(n: int, seed: int) -> tuple[list[MemoryRecord], float]:
     and its mean node depth."""
     rng = random.Random(seed)
     ids = [rng.getrandbits(63) | 1 for _ in range(n)]
-    depth = [0] * n
+    parents = [-1] + [rng.randrange(i) for i in range(1, n)]
+    return _share_records(ids, parents)
+
+
+def broad_tree_records(branches: int, n: int, seed: int) -> tuple[list[MemoryRecord], float]:
+    """Share records of one cascade of ``branches * n + 1`` nodes, and its mean
+    node depth: a root whose ``branches`` children each grow a random recursive
+    tree of ``n`` nodes, the branches' shares interleaved at random.
+
+    As large as the ``--big`` tree and as deep as a ``--small`` one plus one:
+    per-event cost against cascade size at (nearly) the same depth. Interleaved,
+    so consecutive shares touch far-apart parts of the state, as in a live cascade.
+    """
+    rng = random.Random(seed)
+    order = [branch for branch in range(branches) for _ in range(n)]
+    rng.shuffle(order)  # which branch grows next
+    members: list[list[int]] = [[] for _ in range(branches)]
+    parents = [-1]
+    for branch in order:
+        nodes = members[branch]
+        parents.append(nodes[rng.randrange(len(nodes))] if nodes else 0)
+        nodes.append(len(parents) - 1)
+    ids = [rng.getrandbits(63) | 1 for _ in parents]
+    return _share_records(ids, parents)
+
+
+def _share_records(ids: list[int], parents: list[int]) -> tuple[list[MemoryRecord], float]:
+    """Share records of the tree where node ``i`` has id ``ids[i]`` and parent index
+    ``parents[i]`` (-1 for the root; parents come first), and its mean node depth."""
+    depth = [0] * len(ids)
     root = ids[0]
     key = f"{root:016x}".encode()
     start = time.time_ns() // 1_000_000 - 86_400_000
     records = []
-    for i in range(n):
-        parent = rng.randrange(i) if i else -1
+    for i, parent in enumerate(parents):
         if i:
             depth[i] = depth[parent] + 1
         records.append(_record(key, _event(
             "share", "bench", root, ids[i], start + i, depth=depth[i],
             parent=f"{ids[parent]:016x}" if i else None, channel="x",
         ), i))  # fmt: skip
-    return records, sum(depth) / n
+    return records, sum(depth) / len(ids)
 
 
 class Variant(StrEnum):
@@ -166,6 +204,13 @@ def cascades(
     big: Annotated[int, typer.Option(help="nodes of the large cascade")] = 1_000_000,
     small: Annotated[int, typer.Option(help="nodes of the small cascade")] = 1_000,
     small_events: Annotated[int, typer.Option(help="events over the small cascades")] = 200_000,
+    gc_threshold: Annotated[
+        int,
+        typer.Option(
+            help="young-generation GC threshold (default: the consumers' setting; 700 is "
+            "Python's own)"
+        ),
+    ] = ConsumerSettings().gc_threshold,
     rounds: Annotated[int, typer.Option(help="alternating rounds")] = 3,
     cpu: Annotated[int, typer.Option(help="the core to pin to")] = BENCH_CPU,
     variant: Annotated[
@@ -190,6 +235,7 @@ def cascades(
     console.print(f"encoding {events:,} mix records, {big:,} + {small:,}×k tree records ...")
     mix = campaign_records(events)
     large, large_depth = tree_records(big, seed=2)
+    broad, broad_depth = broad_tree_records(max(1, big // small), small, seed=3)
     # Many small cascades with as many events as the large one: same work, other shape.
     small_trees: list[MemoryRecord] = []
     depths = []
@@ -198,12 +244,14 @@ def cascades(
         small_trees += records
         depths.append(depth)
     small_depth = sum(depths) / len(depths)
-    # The encoded inputs are millions of objects the consumer never holds: keep
-    # them out of the garbage collector's scans (the cascades' own state stays in).
-    gc.collect()
-    gc.freeze()
+    from consumers.base import tune_gc
+
+    # As the consumer processes do (consumers.base.tune_gc); the freeze also keeps
+    # the encoded inputs, millions of objects no consumer holds, out of the scans.
+    tune_gc(ConsumerSettings(gc_threshold=gc_threshold))
+    console.print(f"GC threshold {gc.get_threshold()[0]:,} (consumer.gc_threshold)")
     results: dict[str, dict[str, list[float]]] = {
-        name: {"mix": [], "1k": [], "1M": []} for name in pipelines
+        name: {"mix": [], "1k": [], "1M": [], "broad": []} for name in pipelines
     }
     order = list(pipelines.items())
     for round_no in range(rounds):
@@ -214,6 +262,7 @@ def cascades(
             found["mix"].append(len(mix) / _time_process(mix, pipeline_class))
             found["1k"].append(_time_process(small_trees, pipeline_class) / len(small_trees) * 1e9)
             found["1M"].append(_time_process(large, pipeline_class) / len(large) * 1e9)
+            found["broad"].append(_time_process(broad, pipeline_class) / len(broad) * 1e9)
     memory = {name: _memory_per_node(large, cls) for name, cls in pipelines.items()}
 
     table = Table(title=f"cascades processing step, one core (CPU {cpu}), {rounds} rounds")
@@ -224,7 +273,8 @@ def cascades(
     if len(pipelines) == 2:
         table.add_column("compiled / pure (median of rounds)")
     labels = {"mix": "campaign mix (events/s)", "1k": f"{small:,}-node cascades (ns/event)",
-              "1M": f"one {big:,}-node cascade (ns/event)"}  # fmt: skip
+              "1M": f"one {big:,}-node cascade (ns/event)",
+              "broad": f"one {len(broad):,}-node broad cascade (ns/event)"}  # fmt: skip
     for measure, label in labels.items():
         cells = [label]
         for found in results.values():
@@ -239,18 +289,20 @@ def cascades(
             ]
             cells.append(f"{_median(ratios):.2f}× faster")
         table.add_row(*cells)
-    flat = ["1M / 1k ns per event (median of rounds)"]
-    for found in results.values():
-        ratios = [b / s for b, s in zip(found["1M"], found["1k"], strict=True)]
-        flat += ["", f"{_median(ratios):.2f}"]
-    table.add_row(*flat)
+    for measure, label in (("1M", "1M / 1k ns per event"), ("broad", "broad / 1k ns per event")):
+        flat = [f"{label} (median of rounds)"]
+        for found in results.values():
+            ratios = [b / s for b, s in zip(found[measure], found["1k"], strict=True)]
+            flat += ["", f"{_median(ratios):.2f}"]
+        table.add_row(*flat)
     per_node = [f"state per node, {big:,}-node cascade (bytes)"]
     for name in pipelines:
         per_node += ["", f"{memory[name]:.0f}"]
     table.add_row(*per_node)
     console.print(table)
     console.print(f"mean node depth: {small:,}-node cascades {small_depth:.1f}, "
-                  f"{big:,}-node cascade {large_depth:.1f}")  # fmt: skip
+                  f"{big:,}-node cascade {large_depth:.1f}, "
+                  f"broad cascade {broad_depth:.1f}")  # fmt: skip
     # Every round's figures: a disturbed round shows as an outlier here.
     for name, found in results.items():
         for measure, values in found.items():

@@ -1,11 +1,12 @@
 """The cascades consumer: live share-cascade state and its metrics.
 
-``state``, ``forecast`` and ``decode`` are compiled to C with mypyc when the
-package is installed on a machine with a C compiler (setup.py); the same
-source runs as Python otherwise. ``implementation()`` says which one is
-loaded; ``use_pure_python()`` makes later imports take the source (to test
-the fallback) and ``load_pure()`` loads a copy from source next to the
-compiled modules (for side-by-side benchmarks).
+``state``, ``forecast``, ``decode``, ``signals`` and ``pipeline`` are
+compiled to C with mypyc when the package is installed on a machine with a C
+compiler (setup.py); the same source runs as Python otherwise.
+``implementation()`` says which one is loaded; ``use_pure_python()`` makes
+later imports take the source (to test the fallback) and ``load_pure()``
+loads a copy from source next to the compiled modules (for side-by-side
+benchmarks).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ COMPILED_MODULES = (
     "consumers.cascades.state",
     "consumers.cascades.forecast",
     "consumers.cascades.decode",
+    "consumers.cascades.signals",
+    "consumers.cascades.pipeline",
 )
 
 

@@ -15,11 +15,16 @@ from __future__ import annotations
 
 import msgspec
 
+from app.events import EventType
+
 
 class WireEvent(msgspec.Struct, gc=False):
     """An event as the cascades consumer sees it; a missing field is None."""
 
-    type: str | None = None
+    # A Literal, so msgspec hands back the one interned string per type: the
+    # decode step's comparisons and set lookups then hit on identity. A type
+    # outside the schema fails here and takes the general path.
+    type: EventType | None = None
     event_id: str | None = None
     campaign: str | None = None
     ts: int | None = None
