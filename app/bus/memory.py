@@ -40,8 +40,8 @@ def right_sized(value: bytes) -> bytes:
 
     orjson (3.12 and later) returns its whole output buffer, 4 KiB and more,
     as the bytes object, with only the length cut down (ijl/orjson; the same
-    finding made Home Assistant pin 3.11.9). A 700-byte event kept here would
-    pin 4 KiB: six times the memory the retained records need, and faulting
+    finding made Home Assistant go back to 3.11.9). A 700-byte event kept here
+    pinned about 8 KiB, ten times what the retained records need, and faulting
     those pages in cost the pixel about 15% of its CPU. One copy is cheaper.
     """
     return bytes(memoryview(value))
