@@ -67,7 +67,7 @@ def _record(key: bytes, value: bytes, offset: int) -> MemoryRecord:
 def _event(kind: str, campaign: str, root: int, node: int, ts: int, **extra: object) -> bytes:
     import orjson
 
-    from app.bus.memory import right_sized
+    from app.bus.base import right_sized
 
     # Right-sized: orjson's own buffer would hold 4-8 KiB per record, ~25 GB here.
     return right_sized(orjson.dumps(

@@ -28,23 +28,11 @@ from typing import Any, NamedTuple
 
 from aiokafka.structs import TopicPartition
 
-from app.bus.base import BusUnavailable, Record
+from app.bus.base import BusUnavailable, Record, right_sized
 from app.bus.partitioning import partition_for
 
 # Freeing records shifts a list, so it is done in chunks of at least this many.
 TRIM_CHUNK = 4_096
-
-
-def right_sized(value: bytes) -> bytes:
-    """A copy of ``value`` whose allocation is its length.
-
-    orjson (3.12 and later) returns its whole output buffer, 4 KiB and more,
-    as the bytes object, with only the length cut down (ijl/orjson; the same
-    finding made Home Assistant go back to 3.11.9). A 700-byte event kept here
-    pinned about 8 KiB, ten times what the retained records need, and faulting
-    those pages in cost the pixel about 15% of its CPU. One copy is cheaper.
-    """
-    return bytes(memoryview(value))
 
 
 class MemoryRecord(NamedTuple):

@@ -27,7 +27,7 @@ import orjson
 from aiokafka.errors import KafkaError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.bus.base import BusError
+from app.bus.base import BusError, right_sized
 from app.sentiment import Scorer, TextScore, explicit_negative, reaction_score, redact
 from app.settings import AlertSettings
 from app.storage.clickhouse import StorageError
@@ -134,7 +134,10 @@ class BuzzPipeline:
         if not isinstance(value.get("ts"), int) or not isinstance(value.get("received_at"), int):
             raise InvalidMessage(record.partition, record.offset, "bad_schema: no ts")
         scored = score_event(value, self.scorer, self.rules.book.languages.get(campaign, ()))
-        return ((campaign, orjson.dumps(buzz_item(value, scored)), value["received_at"]),)
+        # Right-sized: a batch holds up to consumer.batch_max_records of these (see
+        # app.bus.base.right_sized).
+        item = right_sized(orjson.dumps(buzz_item(value, scored)))
+        return ((campaign, item, value["received_at"]),)
 
     def received_ms(self, row: Row) -> int | None:
         received: int = row[2]
