@@ -55,7 +55,7 @@ from app.events import (
     wire_event,
 )
 from app.state import AppState
-from app.tokens import ShareToken, TokenError
+from app.tokens import ShareToken, TokenError, TokenSigner
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +197,22 @@ def event_values(event: EventIn) -> PixelEvent:
     )
 
 
+def recorded_type(scope: Mapping[str, Any], client: ClientInfo, requested: str) -> str:
+    """The type an event is recorded as: ``preview`` for HEAD requests and link-preview
+    fetches, else the type the client sent."""
+    return "preview" if scope.get("method") == "HEAD" or client.preview else requested
+
+
+def mint_share(signer: TokenSigner, through: ShareToken | None, campaign: str) -> ShareToken:
+    """A new share's token: a child of the share it came ``through``, else a new root.
+
+    Raises ``InvalidEvent`` (``bad_token``) when ``through`` is too deep to extend."""
+    try:
+        return signer.mint_child(through) if through else signer.mint_root(campaign)
+    except TokenError as exc:
+        raise InvalidEvent("bad_token", "token", f"{exc.reason}: {exc}") from None
+
+
 class EventStages:
     """validate -> enrich -> serialize over a batch of hits. Pure CPU, never blocks.
 
@@ -242,19 +258,10 @@ class EventStages:
         if client is None:
             client = self._clients[key] = state.enricher.from_scope(hit.scope, hit.event.campaign)
         hit.client = client
-        if hit.scope.get("method") == "HEAD" or client.preview:
-            hit.event_type = "preview"
-        else:
-            hit.event_type = hit.event.type
+        hit.event_type = recorded_type(hit.scope, client, hit.event.type)
         if hit.event_type == "share":
-            parent = hit.parent = hit.token
-            signer = state.signer
-            try:
-                hit.token = (
-                    signer.mint_child(parent) if parent else signer.mint_root(hit.event.campaign)
-                )
-            except TokenError as exc:  # too deep to extend
-                raise InvalidEvent("bad_token", "token", f"{exc.reason}: {exc}") from None
+            hit.parent = hit.token
+            hit.token = mint_share(state.signer, hit.parent, hit.event.campaign)
 
     def _serialize(self, hits: list[Hit]) -> tuple[list[Record], dict[str, int], dict[str, int]]:
         topic, dumps, source = self._state.topic, orjson.dumps, self._source
@@ -354,13 +361,11 @@ class PixelIngest:
         state = self._state
         dead_letter = self._dead_letter
 
-        # Stage 1, rate limits: the same takes, in the same order, as ``_limit``.
-        ip_take, campaign_take = state.ip_buckets.take, state.campaign_buckets.take
-        client_ip = state.enricher.client_ip
+        # Stage 1, rate limits, as ``_limit``.
+        over_limit = self._over_limit
         allowed: list[Pending] = []
         for pending in batch:
-            campaign = pending[2].get("campaign")
-            if ip_take(client_ip(pending[0])) or (campaign is not None and campaign_take(campaign)):
+            if over_limit(pending[0], pending[2].get("campaign")):
                 dead_letter(pending, _rate_limited())
             else:
                 allowed.append(pending)
@@ -391,14 +396,13 @@ class PixelIngest:
             scope = pending[0]
             requested, campaign = event[0], event[1]
             client = from_scope(scope, campaign)
-            event_type = "preview" if scope.get("method") == "HEAD" or client.preview else requested
+            event_type = recorded_type(scope, client, requested)
             parent = None
             if event_type == "share":
                 parent = token
                 try:
-                    token = signer.mint_child(parent) if parent else signer.mint_root(campaign)
-                except TokenError as exc:  # too deep to extend
-                    too_deep = InvalidEvent("bad_token", "token", f"{exc.reason}: {exc}")
+                    token = mint_share(signer, parent, campaign)
+                except InvalidEvent as too_deep:
                     dead_letter(pending, too_deep)
                     continue
             wire = wire_event(
@@ -448,12 +452,16 @@ class PixelIngest:
         outcome = "rate_limited" if error.reason == "rate_limited" else "rejected"
         state.metrics.count_ingest(fields.get("type", "invalid"), outcome)
 
-    def _limit(self, hit: Hit) -> None:
+    def _over_limit(self, scope: Mapping[str, Any], campaign: str | None) -> bool:
+        """Takes from the client's and the campaign's rate buckets; True when either is empty."""
         state = self._state
-        campaign = hit.fields.get("campaign")
-        if state.ip_buckets.take(state.enricher.client_ip(hit.scope)) or (
-            campaign is not None and state.campaign_buckets.take(campaign)
-        ):
+        return bool(
+            state.ip_buckets.take(state.enricher.client_ip(scope))
+            or (campaign is not None and state.campaign_buckets.take(campaign))
+        )
+
+    def _limit(self, hit: Hit) -> None:
+        if self._over_limit(hit.scope, hit.fields.get("campaign")):
             raise _rate_limited()
 
 

@@ -704,10 +704,6 @@ class Cascade:
 
     # ---- draining changes for the writer --------------------------------
 
-    @property
-    def dirty(self) -> bool:
-        return bool(self.dirty_nodes or self.touch_rows or self.dirty_from < len(self.ids))
-
     def drain(self) -> tuple[list[NodeRow], list[Touch]]:
         """Node rows for every node changed since the last drain (by node id), and the
         new touches."""
